@@ -1,0 +1,57 @@
+# facestream — set-up, build, run, test, bench.
+#   make run     set up, then run the main job on the embedded default configuration
+#   make test    set up, then run every test
+#   make setup   Debian packages + ONNX Runtime + models (idempotent, cached in ~/.cache/facestream)
+#   make setup GPU=1   the same with the CUDA build of ONNX Runtime (NVIDIA machines)
+#   make bench   criterion benchmarks (figures go into BENCHMARKS.md by hand)
+
+SHELL := /bin/bash
+GPU ?= 0
+CARGO ?= cargo
+CACHE ?= $(HOME)/.cache/facestream
+export FACESTREAM_CACHE := $(CACHE)
+
+APT_PACKAGES := pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev \
+	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
+	gstreamer1.0-libav libopencv-dev clang libclang-dev
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FETCH_FLAGS := $(if $(filter 1,$(GPU)),--gpu,)
+
+.PHONY: setup deps models build run demo test bench check-toolchain
+
+setup: deps models
+
+check-toolchain:
+	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found. Install Rust >= 1.92 (rustup) and rerun." >&2; exit 1; }
+	@command -v python3 >/dev/null || { echo "error: python3 not found (needed to fetch and convert the models)." >&2; exit 1; }
+
+# Installs only what is missing, so a second run costs one dpkg query.
+deps: check-toolchain
+	@if ! command -v apt-get >/dev/null; then \
+		missing=""; pkg-config --exists gstreamer-1.0 gstreamer-app-1.0 gstreamer-video-1.0 opencv4 || missing=1; \
+		if [ -n "$$missing" ]; then echo "error: not a Debian/Ubuntu system: install GStreamer 1.22+ (base, good, bad, ugly, libav, rtsp-server dev files), OpenCV 4 dev files, clang and libclang by hand, then rerun." >&2; exit 1; fi; \
+	else \
+		missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(APT_PACKAGES) 2>/dev/null | awk '$$NF=="installed"{print $$1}' | sort | comm -13 - <(printf '%s\n' $(APT_PACKAGES) | sort)); \
+		extra=""; python3 -m venv --help >/dev/null 2>&1 || extra="python3-venv"; command -v npm >/dev/null || extra="$$extra npm"; \
+		if [ -n "$$missing$$extra" ]; then \
+			echo "installing Debian packages: $$missing $$extra"; \
+			$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing $$extra; \
+		else echo "Debian packages: all present"; fi; \
+	fi
+
+models: check-toolchain
+	python3 models/fetch.py $(FETCH_FLAGS)
+
+build: setup
+	$(CARGO) build --release --locked
+
+# `make run` plays the embedded default: see README.md.
+run: build
+	./target/release/facestream demo
+
+test: setup
+	$(CARGO) test --release --locked
+
+bench: setup
+	$(CARGO) bench --locked

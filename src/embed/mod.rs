@@ -1,0 +1,95 @@
+//! Alignment and embedding: aligned 150x150 crops in, L2-normalised 128-d embeddings out, in
+//! batches built in one reused contiguous buffer.
+
+pub mod align;
+pub mod config;
+
+pub use align::{CROP_BYTES, CROP_SIDE, CropBox, align, align_into, crop_box};
+pub use config::EmbedConfig;
+
+use crate::infer::{InferError, Model, Runtime};
+
+/// Dimension of the embedding.
+pub const DIM: usize = 128;
+/// Card name of the embedder under `models/`.
+pub const CARD: &str = "faceapi_recognition";
+/// Used when the card has no calibrated threshold.
+pub const FALLBACK_THRESHOLD: f32 = 0.5;
+
+pub type Embedding = Vec<f32>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error(transparent)]
+    Infer(#[from] InferError),
+    #[error("crop buffer has {got} bytes, expected a multiple of {CROP_BYTES}")]
+    BadCrop { got: usize },
+    #[error("embedder returned shape {0:?}, expected [N, {DIM}]")]
+    BadOutput(Vec<usize>),
+}
+
+/// One embedding session (one per worker).
+pub struct Embedder {
+    model: Model,
+    input: Vec<f32>,
+    pub threshold: f32,
+}
+
+impl Embedder {
+    pub fn new(rt: &Runtime, cfg: &EmbedConfig) -> Result<Self, EmbedError> {
+        let model = rt.load(CARD)?;
+        let threshold = cfg.threshold.or_else(|| model.card.calibration_f32("threshold")).unwrap_or(FALLBACK_THRESHOLD);
+        let mut e = Self { model, input: Vec::new(), threshold };
+        e.embed_crops(&vec![128u8; CROP_BYTES])?;
+        Ok(e)
+    }
+
+    /// Stable id of the model, stored with every enrolled embedding.
+    pub fn model_id(&self) -> &str {
+        &self.model.card.id
+    }
+
+    /// Embeds `n` packed 150x150 RGB crops laid end to end in `crops`.
+    pub fn embed_crops(&mut self, crops: &[u8]) -> Result<Vec<Embedding>, EmbedError> {
+        if crops.len() % CROP_BYTES != 0 {
+            return Err(EmbedError::BadCrop { got: crops.len() });
+        }
+        let n = crops.len() / CROP_BYTES;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        self.input.clear();
+        self.input.extend(crops.iter().map(|&v| v as f32));
+        let out = self.model.run(&[("input", &[n, CROP_SIDE, CROP_SIDE, 3], &self.input)])?;
+        let desc = &out[0];
+        if desc.shape != [n, DIM] {
+            return Err(EmbedError::BadOutput(desc.shape.clone()));
+        }
+        Ok(desc.data.chunks_exact(DIM).map(normalized).collect())
+    }
+}
+
+/// L2-normalises a vector (a zero vector stays zero).
+pub fn normalized(v: &[f32]) -> Embedding {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if n > 0.0 { v.iter().map(|x| x / n).collect() } else { v.to_vec() }
+}
+
+/// The one distance of the project: Euclidean distance between L2-normalised embeddings (0..2).
+pub fn distance(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distance_of_unit_vectors() {
+        let a = normalized(&[3.0, 4.0]);
+        assert!((a[0] - 0.6).abs() < 1e-6);
+        assert_eq!(distance(&a, &a), 0.0);
+        let b = normalized(&[-3.0, -4.0]);
+        assert!((distance(&a, &b) - 2.0).abs() < 1e-6);
+    }
+}

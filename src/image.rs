@@ -1,0 +1,120 @@
+//! Image loading with limits and EXIF orientation, and the packed RGB image type shared by every stage.
+//!
+//! Every image that enters the pipeline is decoded here or copied from a GStreamer buffer with its real
+//! stride, so later stages can rely on a packed `width * 3` row layout.
+
+use std::path::{Path, PathBuf};
+
+use image::{ImageDecoder, ImageReader, Limits};
+
+/// Largest side accepted from a file. Larger images are refused before any pixel is decoded,
+/// so a hostile header cannot make us allocate gigabytes.
+pub const MAX_SIDE: u32 = 16_384;
+/// Largest pixel count accepted from a file (about 8k x 8k).
+pub const MAX_PIXELS: u64 = 64 * 1024 * 1024;
+
+/// A packed 8-bit RGB image (`data.len() == width * height * 3`).
+#[derive(Clone, Debug)]
+pub struct RgbImage {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{path}: cannot open: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a readable image ({reason}); supported formats: JPEG, PNG, TIFF, GIF, WebP, BMP")]
+    Decode { path: PathBuf, reason: String },
+    #[error("{path}: image is empty ({width}x{height})")]
+    Empty { path: PathBuf, width: u32, height: u32 },
+    #[error("{path}: image is {width}x{height}, larger than the limit ({MAX_SIDE} px per side, {MAX_PIXELS} pixels); downscale it first")]
+    TooLarge { path: PathBuf, width: u32, height: u32 },
+    #[error("{path}: image exceeds the decoder limits ({reason}); downscale it first")]
+    OverLimit { path: PathBuf, reason: String },
+    #[error("buffer of {len} bytes does not hold a {width}x{height} image with stride {stride}")]
+    BadBuffer { width: u32, height: u32, stride: usize, len: usize },
+}
+
+impl RgbImage {
+    /// Copies a possibly padded RGB buffer (rows `stride` bytes apart) into a packed image.
+    pub fn from_strided(width: u32, height: u32, stride: usize, src: &[u8]) -> Result<Self, ImageError> {
+        let row = width as usize * 3;
+        let needed = if height == 0 { 0 } else { stride * (height as usize - 1) + row };
+        if stride < row || src.len() < needed {
+            return Err(ImageError::BadBuffer { width, height, stride, len: src.len() });
+        }
+        let mut data = Vec::with_capacity(row * height as usize);
+        for y in 0..height as usize {
+            data.extend_from_slice(&src[y * stride..y * stride + row]);
+        }
+        Ok(Self { width, height, data })
+    }
+
+    /// A uniform image, for tests and warm-up.
+    pub fn filled(width: u32, height: u32, rgb: [u8; 3]) -> Self {
+        let mut data = Vec::with_capacity(width as usize * height as usize * 3);
+        for _ in 0..width as usize * height as usize {
+            data.extend_from_slice(&rgb);
+        }
+        Self { width, height, data }
+    }
+
+    #[inline]
+    pub fn pixel(&self, x: u32, y: u32) -> [u8; 3] {
+        let i = (y as usize * self.width as usize + x as usize) * 3;
+        [self.data[i], self.data[i + 1], self.data[i + 2]]
+    }
+}
+
+/// Decodes an image file, refusing oversized or empty images and applying its EXIF orientation.
+pub fn load(path: &Path) -> Result<RgbImage, ImageError> {
+    let decode_err = |e: &dyn std::fmt::Display| ImageError::Decode { path: path.to_path_buf(), reason: e.to_string() };
+    let mut reader = ImageReader::open(path)
+        .map_err(|source| ImageError::Open { path: path.to_path_buf(), source })?
+        .with_guessed_format()
+        .map_err(|source| ImageError::Open { path: path.to_path_buf(), source })?;
+    if reader.format().is_none() {
+        return Err(ImageError::Decode { path: path.to_path_buf(), reason: "unknown format".into() });
+    }
+    // The limits are also enforced by the decoders; the explicit check below gives a better message.
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_PIXELS * 4 + (64 << 20));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(|e| classify(path, e))?;
+    let (width, height) = decoder.dimensions();
+    check_size(path, width, height)?;
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| classify(path, e))?;
+    img.apply_orientation(orientation);
+    let rgb = img.into_rgb8();
+    let (width, height) = rgb.dimensions();
+    if width == 0 || height == 0 {
+        return Err(decode_err(&"decoded to an empty image"));
+    }
+    Ok(RgbImage { width, height, data: rgb.into_raw() })
+}
+
+fn check_size(path: &Path, width: u32, height: u32) -> Result<(), ImageError> {
+    if width == 0 || height == 0 {
+        return Err(ImageError::Empty { path: path.to_path_buf(), width, height });
+    }
+    if width > MAX_SIDE || height > MAX_SIDE || width as u64 * height as u64 > MAX_PIXELS {
+        return Err(ImageError::TooLarge { path: path.to_path_buf(), width, height });
+    }
+    Ok(())
+}
+
+fn classify(path: &Path, e: image::ImageError) -> ImageError {
+    match e {
+        e @ image::ImageError::Limits(_) => {
+            // The decoder refused before telling us the size; report what we know.
+            ImageError::OverLimit { path: path.to_path_buf(), reason: e.to_string() }
+        }
+        image::ImageError::IoError(source) => ImageError::Open { path: path.to_path_buf(), source },
+        other => ImageError::Decode { path: path.to_path_buf(), reason: other.to_string() },
+    }
+}

@@ -1,0 +1,13 @@
+//! facestream: real-time face recognition for video streams.
+//!
+//! Data flows one way: ingest → detect → track → align + embed (one batcher) → identify → events.
+//! Each stage lives in its own module; `infer` is the only module that talks to ONNX Runtime.
+
+pub mod config;
+pub mod detect;
+pub mod draw;
+pub mod embed;
+pub mod eval;
+pub mod image;
+pub mod infer;
+pub mod photo;

@@ -1,0 +1,326 @@
+//! The `facestream` command line. The only place that turns errors into exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use facestream::config::Config;
+use facestream::detect::Face;
+use facestream::embed::distance;
+use facestream::photo::{Analyzer, primary_face};
+use facestream::{draw, eval, image};
+
+#[derive(Parser)]
+#[command(name = "facestream", version, about = "Real-time face recognition for video streams", long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Global {
+    /// Config file (TOML); without it the embedded config/default.toml is used.
+    #[arg(long, short, global = true, env = "FACESTREAM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log filter, e.g. `info`, `debug`, `facestream=trace` (also RUST_LOG).
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Detect faces in images; prints one JSON line per image (boxes, 5 landmarks, scores).
+    Detect {
+        /// Image files (JPEG, PNG, TIFF, GIF, WebP, BMP); EXIF orientation is honoured.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Write each image with boxes and landmarks drawn: a file for one image, else a folder.
+        #[arg(long)]
+        draw: Option<PathBuf>,
+        /// Smallest face side in pixels (overrides detect.min_face).
+        #[arg(long)]
+        min_face: Option<f32>,
+    },
+    /// Print the 128-d embedding of the main face of an image (or of every face with --all), as JSON.
+    Embed {
+        image: PathBuf,
+        /// Embed every face, not only the most confident one.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Compare the main faces of two images: distance and same/different at the threshold.
+    Compare {
+        a: PathBuf,
+        b: PathBuf,
+        /// Print JSON instead of a sentence.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure verification accuracy over all pairs of a labelled photo list.
+    Eval {
+        /// File of `path<TAB>identity` lines (paths relative to the file; a `file identity` header is skipped).
+        #[arg(long)]
+        identities: PathBuf,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Smallest face side in pixels (overrides detect.min_face).
+        #[arg(long)]
+        min_face: Option<f32>,
+    },
+    /// Detection and comparison on the bundled fixture photos, with readable output.
+    Demo {
+        /// Folder with the fixture photos.
+        #[arg(long, default_value = "tests/fixtures")]
+        fixtures: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.global.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    Ok(match path {
+        Some(p) => Config::load(p)?,
+        None => Config::embedded()?,
+    })
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let mut cfg = load_config(cli.global.config.as_deref())?;
+    match cli.command {
+        Command::Detect { images, draw, min_face } => {
+            if let Some(m) = min_face {
+                cfg.detect.min_face = m;
+                cfg.validate(Path::new("--min-face"))?;
+            }
+            cmd_detect(&cfg, &images, draw.as_deref())
+        }
+        Command::Embed { image, all } => cmd_embed(&cfg, &image, all),
+        Command::Compare { a, b, json } => cmd_compare(&cfg, &a, &b, json),
+        Command::Eval { identities, json, min_face } => {
+            if let Some(m) = min_face {
+                cfg.detect.min_face = m;
+                cfg.validate(Path::new("--min-face"))?;
+            }
+            cmd_eval(&cfg, &identities, json.as_deref())
+        }
+        Command::Demo { fixtures } => cmd_demo(&cfg, &fixtures),
+    }
+}
+
+fn face_json(f: &Face) -> serde_json::Value {
+    json!({
+        "bbox": [f.bbox.x1, f.bbox.y1, f.bbox.x2, f.bbox.y2],
+        "score": f.score,
+        "landmarks": f.landmarks,
+    })
+}
+
+fn cmd_detect(cfg: &Config, images: &[PathBuf], draw_to: Option<&Path>) -> Result<ExitCode> {
+    let mut analyzer = Analyzer::new(cfg)?;
+    let into_dir = draw_to.is_some_and(|d| images.len() > 1 || d.is_dir());
+    if let (Some(d), true) = (draw_to, into_dir) {
+        std::fs::create_dir_all(d).with_context(|| format!("{}: cannot create folder", d.display()))?;
+    }
+    let mut failed = 0;
+    for path in images {
+        let result = (|| -> Result<()> {
+            let mut img = image::load(path)?;
+            let faces = analyzer.detect(&img)?;
+            println!(
+                "{}",
+                json!({
+                    "file": path,
+                    "width": img.width,
+                    "height": img.height,
+                    "faces": faces.iter().map(face_json).collect::<Vec<_>>(),
+                })
+            );
+            if let Some(d) = draw_to {
+                let out = if into_dir {
+                    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+                    d.join(format!("{stem}.faces.png"))
+                } else {
+                    d.to_path_buf()
+                };
+                draw::draw_faces(&mut img, &faces, None)?;
+                draw::save(&img, &out)?;
+                tracing::info!(file = %out.display(), faces = faces.len(), "drawn");
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            failed += 1;
+            eprintln!("error: {e:#}");
+        }
+    }
+    if failed > 0 {
+        eprintln!("{failed} of {} images failed", images.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Loads an image and returns its main face and that face's embedding.
+fn main_face(analyzer: &mut Analyzer, path: &Path) -> Result<(Face, Vec<f32>)> {
+    let img = image::load(path)?;
+    let faces = analyzer.detect(&img)?;
+    let Some(i) = primary_face(&faces) else {
+        bail!("{}: no face found (min face {} px)", path.display(), analyzer.detector.config().min_face);
+    };
+    let face = faces[i].clone();
+    let emb = analyzer.embed(&img, std::slice::from_ref(&face))?.pop().flatten();
+    let Some(emb) = emb else { bail!("{}: face too small to align", path.display()) };
+    Ok((face, emb))
+}
+
+fn cmd_embed(cfg: &Config, path: &Path, all: bool) -> Result<ExitCode> {
+    let mut analyzer = Analyzer::new(cfg)?;
+    let model = analyzer.embedder.model_id().to_string();
+    if all {
+        let img = image::load(path)?;
+        let faces = analyzer.analyze(&img)?;
+        let list: Vec<_> = faces
+            .iter()
+            .map(|(f, e)| {
+                let mut v = face_json(f);
+                v["embedding"] = json!(e);
+                v
+            })
+            .collect();
+        println!("{}", json!({"file": path, "model": model, "faces": list}));
+    } else {
+        let (face, emb) = main_face(&mut analyzer, path)?;
+        let mut v = face_json(&face);
+        v["embedding"] = json!(emb);
+        println!("{}", json!({"file": path, "model": model, "face": v}));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_compare(cfg: &Config, a: &Path, b: &Path, as_json: bool) -> Result<ExitCode> {
+    let mut analyzer = Analyzer::new(cfg)?;
+    let (_, ea) = main_face(&mut analyzer, a)?;
+    let (_, eb) = main_face(&mut analyzer, b)?;
+    let d = distance(&ea, &eb);
+    let threshold = analyzer.embedder.threshold;
+    let same = d <= threshold;
+    let verdict = if same { "same" } else { "different" };
+    if as_json {
+        println!("{}", json!({"a": a, "b": b, "distance": d, "threshold": threshold, "verdict": verdict}));
+    } else {
+        println!("{verdict}: distance {d:.4} (threshold {threshold:.4}) between {} and {}", a.display(), b.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_identities(file: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("{}: cannot read", file.display()))?;
+    let base = file.parent().unwrap_or(Path::new("."));
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((p, id)) = line.split_once('\t') else {
+            bail!("{}:{}: expected `path<TAB>identity`, got {line:?}", file.display(), n + 1);
+        };
+        if n == 0 && (p == "file" || p == "path") {
+            continue;
+        }
+        out.push((base.join(p), id.trim().to_string()));
+    }
+    Ok(out)
+}
+
+fn cmd_eval(cfg: &Config, identities: &Path, json_out: Option<&Path>) -> Result<ExitCode> {
+    let list = read_identities(identities)?;
+    let mut analyzer = Analyzer::new(cfg)?;
+    let mut embs: Vec<(String, Vec<f32>)> = Vec::new();
+    let mut failed = 0;
+    let started = std::time::Instant::now();
+    for (i, (path, id)) in list.iter().enumerate() {
+        match main_face(&mut analyzer, path) {
+            Ok((_, e)) => embs.push((id.clone(), e)),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {e:#}");
+            }
+        }
+        eprint!("\rembedding photos: {}/{}", i + 1, list.len());
+    }
+    eprintln!(" ({:.1} s)", started.elapsed().as_secs_f32());
+    let (mut genuine, mut impostor) = (Vec::new(), Vec::new());
+    for i in 0..embs.len() {
+        for j in i + 1..embs.len() {
+            let d = distance(&embs[i].1, &embs[j].1);
+            if embs[i].0 == embs[j].0 { genuine.push(d) } else { impostor.push(d) }
+        }
+    }
+    let report = eval::verification(&genuine, &impostor)?;
+    let people = {
+        let mut ids: Vec<_> = embs.iter().map(|(id, _)| id.as_str()).collect();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    };
+    println!("photos: {} embedded, {failed} failed; people: {people}", embs.len());
+    println!("pairs: {} genuine, {} impostor", report.genuine_pairs, report.impostor_pairs);
+    println!("ROC AUC:          {:.4}", report.auc);
+    let row = |name: &str, a: &eval::AtThreshold| println!("{name:<18}{:.4} at distance <= {:.4}", a.value, a.threshold);
+    row("TAR @ FAR 1%:", &report.tar_at_far_1pct);
+    row("TAR @ FAR 0.1%:", &report.tar_at_far_01pct);
+    row("EER:", &report.eer);
+    row("best accuracy:", &report.best_accuracy);
+    println!("threshold in use: {:.4} (model {})", analyzer.embedder.threshold, analyzer.embedder.model_id());
+    if let Some(p) = json_out {
+        let v = json!({"photos": embs.len(), "failed": failed, "people": people, "model": analyzer.embedder.model_id(), "verification": report});
+        std::fs::write(p, serde_json::to_string_pretty(&v)?).with_context(|| format!("{}: cannot write", p.display()))?;
+    }
+    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn cmd_demo(cfg: &Config, fixtures: &Path) -> Result<ExitCode> {
+    let mut analyzer = Analyzer::new(cfg)?;
+    println!("== detection (min face {} px) ==", cfg.detect.min_face);
+    for name in ["meds-aa-S001-01.jpg", "meds-aa-S029-01.jpg", "race.jpg", "girl-1741925_1920.jpg", "Paul.jpeg"] {
+        let path = fixtures.join(name);
+        let img = image::load(&path)?;
+        let faces = analyzer.detect(&img)?;
+        println!("{name:<28} {}x{:<5} {} face(s){}", img.width, img.height, faces.len(),
+            faces.iter().map(|f| format!(" [{:.0},{:.0} {:.0}x{:.0} score {:.3}]", f.bbox.x1, f.bbox.y1, f.bbox.width(), f.bbox.height(), f.score)).collect::<String>());
+    }
+    println!("\n== comparison (threshold {:.3}) ==", analyzer.embedder.threshold);
+    for (a, b) in [
+        ("Paul.jpeg", "Paul2.jpeg"),
+        ("meds-aa-S001-01.jpg", "meds-aa-S001-02.jpg"),
+        ("Paul.jpeg", "Chris.jpeg"),
+        ("meds-aa-S001-01.jpg", "meds-aa-S029-01.jpg"),
+    ] {
+        let (_, ea) = main_face(&mut analyzer, &fixtures.join(a))?;
+        let (_, eb) = main_face(&mut analyzer, &fixtures.join(b))?;
+        let d = distance(&ea, &eb);
+        println!("{a:<22} vs {b:<22} distance {d:.3}  {}", if d <= analyzer.embedder.threshold { "same" } else { "different" });
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,79 @@
+//! Still-photo analysis shared by the command line, enrollment and the HTTP API: detect every face,
+//! align and embed them in one batch, and choose "the" face of a photo.
+
+use crate::config::Config;
+use crate::detect::{DetectError, Face, Mtcnn};
+use crate::embed::{CROP_BYTES, EmbedError, Embedder, Embedding, align_into, crop_box};
+use crate::image::RgbImage;
+use crate::infer::{InferError, Runtime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PhotoError {
+    #[error(transparent)]
+    Detect(#[from] DetectError),
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    #[error(transparent)]
+    Infer(#[from] InferError),
+    #[error("alignment: {0}")]
+    Align(String),
+}
+
+/// A detector and an embedder sharing one runtime.
+pub struct Analyzer {
+    pub detector: Mtcnn,
+    pub embedder: Embedder,
+    rotate: bool,
+    crops: Vec<u8>,
+}
+
+impl Analyzer {
+    pub fn new(cfg: &Config) -> Result<Self, PhotoError> {
+        let rt = Runtime::get(&cfg.infer)?;
+        Ok(Self {
+            detector: Mtcnn::new(&rt, cfg.detect.clone())?,
+            embedder: Embedder::new(&rt, &cfg.embed)?,
+            rotate: cfg.embed.rotate,
+            crops: Vec::new(),
+        })
+    }
+
+    pub fn detect(&mut self, img: &RgbImage) -> Result<Vec<Face>, PhotoError> {
+        Ok(self.detector.detect(img)?)
+    }
+
+    /// Embeds the given faces of `img` in one batch (faces whose landmarks give no crop get `None`).
+    pub fn embed(&mut self, img: &RgbImage, faces: &[Face]) -> Result<Vec<Option<Embedding>>, PhotoError> {
+        self.crops.clear();
+        let mut slots = Vec::with_capacity(faces.len());
+        for f in faces {
+            match crop_box(&f.landmarks, self.rotate) {
+                Some(cb) => {
+                    let start = self.crops.len();
+                    self.crops.resize(start + CROP_BYTES, 0);
+                    align_into(img, &cb, &mut self.crops[start..]).map_err(|e| PhotoError::Align(e.to_string()))?;
+                    slots.push(true);
+                }
+                None => slots.push(false),
+            }
+        }
+        let mut embs = self.embedder.embed_crops(&self.crops)?.into_iter();
+        Ok(slots.into_iter().map(|ok| if ok { embs.next() } else { None }).collect())
+    }
+
+    /// Detects and embeds every face.
+    pub fn analyze(&mut self, img: &RgbImage) -> Result<Vec<(Face, Option<Embedding>)>, PhotoError> {
+        let faces = self.detect(img)?;
+        let embs = self.embed(img, &faces)?;
+        Ok(faces.into_iter().zip(embs).collect())
+    }
+}
+
+/// The face a single-person photo is about: highest detector confidence, then the larger box.
+/// Never "the largest face" alone: printed faces on clothing are often larger than the real one.
+pub fn primary_face(faces: &[Face]) -> Option<usize> {
+    (0..faces.len()).max_by(|&a, &b| {
+        let (fa, fb) = (&faces[a], &faces[b]);
+        (fa.score, fa.bbox.area()).partial_cmp(&(fb.score, fb.bbox.area())).unwrap_or(std::cmp::Ordering::Equal)
+    })
+}
