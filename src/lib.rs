@@ -11,3 +11,4 @@ pub mod eval;
 pub mod image;
 pub mod infer;
 pub mod photo;
+pub mod track;
