@@ -136,7 +136,8 @@ fn face_json(f: &Face) -> serde_json::Value {
 }
 
 fn cmd_detect(cfg: &Config, images: &[PathBuf], draw_to: Option<&Path>) -> Result<ExitCode> {
-    let mut analyzer = Analyzer::new(cfg)?;
+    let rt = facestream::infer::Runtime::get(&cfg.infer)?;
+    let mut detector = facestream::detect::Mtcnn::new(&rt, cfg.detect.clone())?;
     let into_dir = draw_to.is_some_and(|d| images.len() > 1 || d.is_dir());
     if let (Some(d), true) = (draw_to, into_dir) {
         std::fs::create_dir_all(d).with_context(|| format!("{}: cannot create folder", d.display()))?;
@@ -145,7 +146,7 @@ fn cmd_detect(cfg: &Config, images: &[PathBuf], draw_to: Option<&Path>) -> Resul
     for path in images {
         let result = (|| -> Result<()> {
             let mut img = image::load(path)?;
-            let faces = analyzer.detect(&img)?;
+            let faces = detector.detect(&img)?;
             println!(
                 "{}",
                 json!({

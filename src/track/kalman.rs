@@ -87,6 +87,7 @@ impl BoxFilter {
         BBox { x1: cx - w / 2.0, y1: cy - h / 2.0, x2: cx + w / 2.0, y2: cy + h / 2.0 }
     }
 
+    #[cfg(test)]
     pub fn velocity(&self) -> (f32, f32) {
         (self.axes[0].v, self.axes[1].v)
     }

@@ -1,0 +1,154 @@
+//! The per-track vote that turns embedding matches into one identity decision, so that a single
+//! lucky frame never names a person: a match votes for a person only when it is within the
+//! threshold AND beats the second-best person by a margin; a person is named once they hold
+//! `min_votes` votes and more than any other person.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::gallery::Match;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VoteConfig {
+    /// Distance at or below which a match counts (default: the embedder's calibrated threshold).
+    pub threshold: Option<f32>,
+    /// The best person must be this much nearer than the second-best person to get a vote.
+    pub margin: f32,
+    /// Votes a person needs before the track is named.
+    pub min_votes: u32,
+    /// Non-matching embeddings needed before the track is reported as `unknown`.
+    pub unknown_votes: u32,
+}
+
+impl Default for VoteConfig {
+    fn default() -> Self {
+        Self { threshold: None, margin: 0.05, min_votes: 2, unknown_votes: 3 }
+    }
+}
+
+impl VoteConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if let Some(t) = self.threshold {
+            if !(0.0..=2.0).contains(&t) {
+                return Err(("threshold".into(), format!("must be between 0 and 2, got {t}")));
+            }
+        }
+        if !(0.0..=2.0).contains(&self.margin) {
+            return Err(("margin".into(), format!("must be between 0 and 2, got {}", self.margin)));
+        }
+        if self.min_votes == 0 || self.unknown_votes == 0 {
+            return Err(("min_votes".into(), "min_votes and unknown_votes must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A decision the vote reached.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// None = unknown.
+    pub person: Option<(u64, String)>,
+    pub distance: f32,
+    pub votes: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct TrackVote {
+    persons: HashMap<u64, (String, u32, f32)>,
+    unknown: u32,
+    pub decided: Option<Decision>,
+    pub embeddings: u32,
+    pub best_distance: Option<f32>,
+}
+
+impl TrackVote {
+    /// Adds one embedding's nearest persons (nearest first); returns a decision when it changes.
+    pub fn add(&mut self, matches: &[Match], threshold: f32, cfg: &VoteConfig) -> Option<Decision> {
+        self.embeddings += 1;
+        let best = matches.first();
+        if let Some(b) = best {
+            self.best_distance = Some(self.best_distance.map_or(b.distance, |d| d.min(b.distance)));
+        }
+        let second = matches.get(1).map(|m| m.distance).unwrap_or(f32::INFINITY);
+        match best {
+            Some(b) if b.distance <= threshold && second - b.distance >= cfg.margin => {
+                let e = self.persons.entry(b.person_id).or_insert((b.name.clone(), 0, f32::INFINITY));
+                e.1 += 1;
+                e.2 = e.2.min(b.distance);
+            }
+            _ => self.unknown += 1,
+        }
+        // Leader among persons; ties are no decision.
+        let mut ranked: Vec<(&u64, &(String, u32, f32))> = self.persons.iter().collect();
+        ranked.sort_by(|a, b| b.1.1.cmp(&a.1.1).then(a.1.2.total_cmp(&b.1.2)));
+        if let Some((id, (name, votes, dist))) = ranked.first() {
+            let runner_up = ranked.get(1).map(|r| r.1.1).unwrap_or(0);
+            if *votes >= cfg.min_votes && *votes > runner_up {
+                let decision = Decision { person: Some((**id, name.clone())), distance: *dist, votes: *votes };
+                let changed = self.decided.as_ref().and_then(|d| d.person.as_ref()).map(|p| p.0) != Some(**id);
+                if changed {
+                    self.decided = Some(decision.clone());
+                    return Some(decision);
+                }
+                return None;
+            }
+        }
+        if self.decided.is_none() && self.unknown >= cfg.unknown_votes {
+            let decision = Decision { person: None, distance: self.best_distance.unwrap_or(f32::INFINITY), votes: self.unknown };
+            self.decided = Some(decision.clone());
+            return Some(decision);
+        }
+        None
+    }
+
+    pub fn person(&self) -> Option<&(u64, String)> {
+        self.decided.as_ref().and_then(|d| d.person.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: u64, d: f32) -> Match {
+        Match { person_id: id, name: format!("p{id}"), distance: d }
+    }
+
+    #[test]
+    fn one_lucky_frame_never_names_a_person() {
+        let cfg = VoteConfig::default();
+        let mut v = TrackVote::default();
+        assert_eq!(v.add(&[m(1, 0.3), m(2, 0.9)], 0.5, &cfg), None);
+        let d = v.add(&[m(1, 0.35), m(2, 0.9)], 0.5, &cfg).unwrap();
+        assert_eq!(d.person, Some((1, "p1".into())));
+        assert_eq!(d.votes, 2);
+        assert!((d.distance - 0.3).abs() < 1e-6);
+        // Further agreeing votes do not repeat the decision.
+        assert_eq!(v.add(&[m(1, 0.32)], 0.5, &cfg), None);
+    }
+
+    #[test]
+    fn ambiguous_matches_do_not_vote() {
+        let cfg = VoteConfig::default();
+        let mut v = TrackVote::default();
+        for _ in 0..2 {
+            // Both persons are within the threshold and too close to each other.
+            assert_eq!(v.add(&[m(1, 0.30), m(2, 0.32)], 0.5, &cfg), None);
+        }
+        let d = v.add(&[m(1, 0.30), m(2, 0.32)], 0.5, &cfg).unwrap();
+        assert_eq!(d.person, None, "three ambiguous matches make the track unknown");
+    }
+
+    #[test]
+    fn a_split_vote_is_no_decision_and_unknown_can_become_known() {
+        let cfg = VoteConfig { unknown_votes: 1, ..VoteConfig::default() };
+        let mut v = TrackVote::default();
+        assert_eq!(v.add(&[m(9, 0.9)], 0.5, &cfg).unwrap().person, None);
+        assert_eq!(v.add(&[m(1, 0.2), m(2, 0.9)], 0.5, &cfg), None, "one vote is not enough");
+        assert_eq!(v.add(&[m(2, 0.2), m(1, 0.9)], 0.5, &cfg), None, "1 vs 1 tie: no decision");
+        let d = v.add(&[m(2, 0.2), m(1, 0.9)], 0.5, &cfg).unwrap();
+        assert_eq!(d.person.unwrap().0, 2, "unknown became known once a person led with enough votes");
+    }
+}

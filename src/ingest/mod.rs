@@ -1,0 +1,444 @@
+//! Ingest: one GStreamer pipeline per camera, frames copied out of `appsink` with their real
+//! stride into packed RGB, a per-camera fps cap, bus watching and reconnection with exponential
+//! backoff and jitter. Each camera runs on its own thread; one camera's failure never touches another.
+
+pub mod config;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_video as gst_video;
+use serde::Serialize;
+
+pub use config::{CameraConfig, RtspTransport, SourceKind};
+
+use crate::image::RgbImage;
+
+const TEMPLATE_RTSP: &str = include_str!("../../pipelines/rtsp.pipeline");
+const TEMPLATE_URI: &str = include_str!("../../pipelines/uri.pipeline");
+const TEMPLATE_V4L2: &str = include_str!("../../pipelines/v4l2.pipeline");
+const TEMPLATE_TEST: &str = include_str!("../../pipelines/test.pipeline");
+const TEMPLATE_TAIL: &str = include_str!("../../pipelines/tail.pipeline");
+
+/// First and largest reconnect delays.
+pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("GStreamer could not start: {0}")]
+    Init(String),
+    #[error("camera {camera}: cannot build pipeline `{pipeline}`: {reason}")]
+    Build { camera: String, pipeline: String, reason: String },
+    #[error("camera {camera}: {reason}")]
+    Stream { camera: String, reason: String },
+}
+
+/// Initialises GStreamer once per process.
+pub fn init() -> Result<(), IngestError> {
+    gst::init().map_err(|e| IngestError::Init(e.to_string()))
+}
+
+/// One decoded frame.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub camera: Arc<str>,
+    /// Index of this frame among the frames the camera delivered (after the fps cap).
+    pub seq: u64,
+    /// Presentation time in the stream, when known.
+    pub pts: Option<Duration>,
+    /// Wall-clock time of capture, and the same moment on the monotonic clock for latency.
+    pub captured_at: SystemTime,
+    pub captured_instant: Instant,
+    pub image: Arc<RgbImage>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CameraState {
+    Connecting,
+    Streaming,
+    Backoff,
+    Failed,
+    Ended,
+    Stopped,
+}
+
+impl CameraState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CameraState::Connecting => "connecting",
+            CameraState::Streaming => "streaming",
+            CameraState::Backoff => "backoff",
+            CameraState::Failed => "failed",
+            CameraState::Ended => "ended",
+            CameraState::Stopped => "stopped",
+        }
+    }
+}
+
+/// What a camera thread reports to the rest of the pipeline, besides frames.
+#[derive(Clone, Debug)]
+pub enum CameraNotice {
+    State { camera: Arc<str>, state: CameraState, error: Option<String> },
+}
+
+/// Live view of one camera, shared with the HTTP side and the tests.
+#[derive(Clone, Debug, Serialize)]
+pub struct CameraStatus {
+    pub id: String,
+    pub state: CameraState,
+    pub last_error: Option<String>,
+    pub frames: u64,
+    pub reconnects: u64,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Fills a template's `{name}` placeholders.
+fn fill(template: &str, values: &[(&str, String)]) -> String {
+    let mut s = template.trim().to_string();
+    for (k, v) in values {
+        s = s.replace(&format!("{{{k}}}"), v);
+    }
+    s
+}
+
+/// GStreamer strings are quoted in the launch line; refuse characters that would break out.
+fn quote_safe(s: &str) -> Result<&str, String> {
+    if s.contains('"') || s.contains('\\') || s.contains('\n') {
+        Err(format!("`{s}` contains a quote, backslash or newline"))
+    } else {
+        Ok(s)
+    }
+}
+
+/// The launch line for a source.
+pub fn launch_line(kind: &SourceKind, cam: &CameraConfig) -> Result<String, String> {
+    let head = match kind {
+        SourceKind::Rtsp(url) => fill(
+            TEMPLATE_RTSP,
+            &[
+                ("location", quote_safe(url)?.to_string()),
+                ("latency", cam.latency_ms.to_string()),
+                (
+                    "protocols",
+                    match cam.rtsp_transport {
+                        RtspTransport::Auto => "udp+tcp",
+                        RtspTransport::Tcp => "tcp",
+                        RtspTransport::Udp => "udp",
+                    }
+                    .to_string(),
+                ),
+            ],
+        ),
+        SourceKind::Uri { uri, .. } => fill(TEMPLATE_URI, &[("uri", quote_safe(uri)?.to_string())]),
+        SourceKind::V4l2(dev) => fill(TEMPLATE_V4L2, &[("device", quote_safe(dev)?.to_string())]),
+        SourceKind::Test(p) => fill(TEMPLATE_TEST, &[("pattern", p.clone())]),
+    };
+    let live = kind.is_live();
+    // Files played in real time pace at the sink clock; live sources keep only the newest frame;
+    // files played as fast as possible block so that every frame is processed.
+    let (sync, max_buffers, drop) = match (live, cam.realtime) {
+        (true, _) => (false, 1, true),
+        (false, true) => (true, 2, false),
+        (false, false) => (false, 2, false),
+    };
+    let tail = fill(TEMPLATE_TAIL, &[("sync", sync.to_string()), ("max_buffers", max_buffers.to_string()), ("drop", drop.to_string())]);
+    Ok(format!("{head} ! {tail}"))
+}
+
+/// Where a camera thread sends what it sees. Implemented by the topology (bounded channels with
+/// their when-full policies) and by tests.
+pub trait FrameSink: Send + Sync {
+    /// Hands over a frame; returns false when the pipeline is shutting down.
+    fn frame(&self, frame: Frame, live: bool) -> bool;
+    fn notice(&self, notice: CameraNotice);
+    /// Frames skipped by the fps cap.
+    fn skipped(&self, _camera: &str) {}
+}
+
+/// Why one pipeline run ended.
+enum RunEnd {
+    Eos,
+    Error(String),
+    Stopped,
+}
+
+/// Runs one camera until it ends, fails for good, or `stop` is set.
+pub fn run_camera(cam: CameraConfig, base: &Path, sink: Arc<dyn FrameSink>, status: Arc<Mutex<CameraStatus>>, stop: Arc<AtomicBool>, seed: u64) {
+    let camera: Arc<str> = Arc::from(cam.id.as_str());
+    let set_state = |state: CameraState, error: Option<String>| {
+        if let Ok(mut s) = status.lock() {
+            s.state = state;
+            if error.is_some() {
+                s.last_error = error.clone();
+            }
+        }
+        sink.notice(CameraNotice::State { camera: camera.clone(), state, error });
+    };
+    let kind = match cam.source(base) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(camera = %camera, error = %e, "camera source is not usable");
+            set_state(CameraState::Failed, Some(e));
+            return;
+        }
+    };
+    let line = match launch_line(&kind, &cam) {
+        Ok(l) => l,
+        Err(e) => {
+            set_state(CameraState::Failed, Some(e));
+            return;
+        }
+    };
+    let live = kind.is_live();
+    let mut rng = seed | 1;
+    let mut failures: u32 = 0;
+    let mut seq: u64 = 0;
+    let min_interval = if cam.max_fps > 0.0 { Duration::from_secs_f32(1.0 / cam.max_fps) } else { Duration::ZERO };
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            set_state(CameraState::Stopped, None);
+            return;
+        }
+        set_state(CameraState::Connecting, None);
+        tracing::info!(camera = %camera, pipeline = %line, "starting pipeline");
+        let mut got_frames = false;
+        let end = run_pipeline(&camera, &line, live, min_interval, &sink, &status, &stop, &mut seq, &mut got_frames, &set_state);
+        match end {
+            RunEnd::Stopped => {
+                set_state(CameraState::Stopped, None);
+                return;
+            }
+            RunEnd::Eos if !live => {
+                if cam.loop_file && got_frames {
+                    tracing::info!(camera = %camera, "end of file: looping");
+                    continue;
+                }
+                tracing::info!(camera = %camera, frames = seq, "end of file");
+                set_state(CameraState::Ended, None);
+                return;
+            }
+            RunEnd::Error(e) if !live => {
+                tracing::error!(camera = %camera, error = %e, "file failed");
+                set_state(CameraState::Failed, Some(e));
+                return;
+            }
+            RunEnd::Eos | RunEnd::Error(_) => {
+                let reason = match &end {
+                    RunEnd::Error(e) => e.clone(),
+                    _ => "stream ended".to_string(),
+                };
+                if !cam.reconnect {
+                    tracing::error!(camera = %camera, error = %reason, "live source ended; reconnect is off");
+                    set_state(CameraState::Failed, Some(reason));
+                    return;
+                }
+                failures = if got_frames { 1 } else { failures + 1 };
+                if cam.max_retries > 0 && failures > cam.max_retries {
+                    tracing::error!(camera = %camera, error = %reason, retries = cam.max_retries, "giving up on camera");
+                    set_state(CameraState::Failed, Some(reason));
+                    return;
+                }
+                let delay = backoff(failures, &mut rng);
+                tracing::warn!(camera = %camera, error = %reason, retry_in_ms = delay.as_millis() as u64, attempt = failures, "camera lost; reconnecting");
+                set_state(CameraState::Backoff, Some(reason));
+                if let Ok(mut s) = status.lock() {
+                    s.reconnects += 1;
+                }
+                let until = Instant::now() + delay;
+                while Instant::now() < until {
+                    if stop.load(Ordering::Relaxed) {
+                        set_state(CameraState::Stopped, None);
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+}
+
+/// Delay before reconnect attempt `n` (1-based): 1 s doubling to 30 s, with ±20% jitter so many
+/// cameras behind one failed switch do not reconnect in lockstep. `rng` is an xorshift state.
+pub fn backoff(n: u32, rng: &mut u64) -> Duration {
+    let base = BACKOFF_MIN.as_secs_f64() * 2f64.powi(n.saturating_sub(1).min(10) as i32);
+    let base = base.min(BACKOFF_MAX.as_secs_f64());
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    let unit = (*rng % 10_000) as f64 / 10_000.0;
+    Duration::from_secs_f64((base * (0.8 + 0.4 * unit)).min(BACKOFF_MAX.as_secs_f64()))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_pipeline(
+    camera: &Arc<str>,
+    line: &str,
+    live: bool,
+    min_interval: Duration,
+    sink: &Arc<dyn FrameSink>,
+    status: &Arc<Mutex<CameraStatus>>,
+    stop: &AtomicBool,
+    seq: &mut u64,
+    got_frames: &mut bool,
+    set_state: &dyn Fn(CameraState, Option<String>),
+) -> RunEnd {
+    let pipeline = match gst::parse::launch(line) {
+        Ok(p) => p,
+        Err(e) => return RunEnd::Error(format!("cannot build pipeline: {e}")),
+    };
+    let Ok(pipeline) = pipeline.downcast::<gst::Pipeline>() else {
+        return RunEnd::Error("launch line did not give a pipeline".into());
+    };
+    let Some(appsink) = pipeline.by_name("sink").and_then(|e| e.downcast::<gst_app::AppSink>().ok()) else {
+        return RunEnd::Error("pipeline has no appsink named `sink`".into());
+    };
+    let Some(bus) = pipeline.bus() else {
+        return RunEnd::Error("pipeline has no bus".into());
+    };
+    let end = (|| {
+        if let Err(e) = pipeline.set_state(gst::State::Playing) {
+            // The bus usually holds the real reason (e.g. "could not open resource").
+            return RunEnd::Error(bus_error(&bus).unwrap_or_else(|| format!("cannot start: {e}")));
+        }
+        let mut last_accept: Option<Instant> = None;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return RunEnd::Stopped;
+            }
+            while let Some(msg) = bus.pop() {
+                use gst::MessageView;
+                match msg.view() {
+                    MessageView::Error(err) => {
+                        let src = err.src().map(|s| s.path_string().to_string()).unwrap_or_default();
+                        let details = err.debug().map(|d| d.to_string()).unwrap_or_default();
+                        tracing::debug!(camera = %camera, %src, %details, "bus error");
+                        return RunEnd::Error(format!("{} ({src})", err.error()));
+                    }
+                    MessageView::Eos(_) => return RunEnd::Eos,
+                    MessageView::Warning(w) => tracing::warn!(camera = %camera, warning = %w.error(), "pipeline warning"),
+                    _ => {}
+                }
+            }
+            let Some(sample) = appsink.try_pull_sample(gst::ClockTime::from_mseconds(100)) else {
+                if appsink.is_eos() {
+                    // A clean EOS may be followed by its bus message; either way the run is over.
+                    return bus_error(&bus).map(RunEnd::Error).unwrap_or(RunEnd::Eos);
+                }
+                continue;
+            };
+            let now = Instant::now();
+            if let Some(prev) = last_accept {
+                if now.duration_since(prev) < min_interval {
+                    sink.skipped(camera);
+                    continue;
+                }
+            }
+            let frame = match frame_from_sample(camera, &sample, *seq) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(camera = %camera, error = %e, "unusable frame skipped");
+                    continue;
+                }
+            };
+            last_accept = Some(now);
+            if !*got_frames {
+                *got_frames = true;
+                tracing::info!(camera = %camera, width = frame.image.width, height = frame.image.height, "streaming");
+                if let Ok(mut s) = status.lock() {
+                    s.width = frame.image.width;
+                    s.height = frame.image.height;
+                }
+                set_state(CameraState::Streaming, None);
+            }
+            if let Ok(mut s) = status.lock() {
+                s.frames += 1;
+            }
+            *seq += 1;
+            if !sink.frame(frame, live) {
+                return RunEnd::Stopped;
+            }
+        }
+    })();
+    let _ = pipeline.set_state(gst::State::Null);
+    end
+}
+
+fn bus_error(bus: &gst::Bus) -> Option<String> {
+    while let Some(msg) = bus.pop() {
+        if let gst::MessageView::Error(err) = msg.view() {
+            return Some(err.error().to_string());
+        }
+    }
+    None
+}
+
+fn frame_from_sample(camera: &Arc<str>, sample: &gst::Sample, seq: u64) -> Result<Frame, String> {
+    let caps = sample.caps().ok_or("sample without caps")?;
+    let info = gst_video::VideoInfo::from_caps(caps).map_err(|e| e.to_string())?;
+    let buffer = sample.buffer().ok_or("sample without buffer")?;
+    let map = buffer.map_readable().map_err(|e| e.to_string())?;
+    // Never assume packed rows: GStreamer pads RGB rows to 4 bytes.
+    let stride = info.stride()[0] as usize;
+    let offset = info.offset()[0];
+    let data = map.as_slice().get(offset..).ok_or("plane offset outside buffer")?;
+    let image = RgbImage::from_strided(info.width(), info.height(), stride, data).map_err(|e| e.to_string())?;
+    Ok(Frame {
+        camera: camera.clone(),
+        seq,
+        pts: buffer.pts().map(|t| Duration::from_nanos(t.nseconds())),
+        captured_at: SystemTime::now(),
+        captured_instant: Instant::now(),
+        image: Arc::new(image),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cam(url: &str) -> CameraConfig {
+        toml::from_str(&format!("id = \"c\"\nurl = \"{url}\"\n")).unwrap()
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_bounded_jitter() {
+        let mut rng = 42;
+        let d: Vec<f64> = (1..=8).map(|n| backoff(n, &mut rng).as_secs_f64()).collect();
+        assert!((0.8..=1.2).contains(&d[0]), "{d:?}");
+        assert!((1.6..=2.4).contains(&d[1]), "{d:?}");
+        assert!((3.2..=4.8).contains(&d[2]), "{d:?}");
+        assert!(d[7] <= 30.0 && d[7] >= 24.0, "{d:?}");
+    }
+
+    #[test]
+    fn urls_map_to_source_kinds() {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR"));
+        assert_eq!(cam("rtsp://127.0.0.1:8554/x").source(base).unwrap(), SourceKind::Rtsp("rtsp://127.0.0.1:8554/x".into()));
+        assert_eq!(cam("v4l2:///dev/video0").source(base).unwrap(), SourceKind::V4l2("/dev/video0".into()));
+        assert_eq!(cam("test:ball").source(base).unwrap(), SourceKind::Test("ball".into()));
+        assert!(matches!(cam("tests/fixtures/video_01.mp4").source(base).unwrap(), SourceKind::Uri { live: false, .. }));
+        assert!(cam("tests/fixtures/nope.mp4").source(base).unwrap_err().contains("does not exist"));
+        assert!(cam("ftp://x/y").source(base).unwrap_err().contains("unsupported"));
+        assert!(cam("test:nosuch").source(base).is_err());
+    }
+
+    #[test]
+    fn live_sources_keep_the_newest_frame_and_files_block() {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let rtsp = cam("rtsp://127.0.0.1/x");
+        let l = launch_line(&rtsp.source(base).unwrap(), &rtsp).unwrap();
+        assert!(l.contains("max-buffers=1 drop=true") && l.contains("rtspsrc"), "{l}");
+        let mut file = cam("tests/fixtures/video_01.mp4");
+        file.realtime = false;
+        let l = launch_line(&file.source(base).unwrap(), &file).unwrap();
+        assert!(l.contains("sync=false max-buffers=2 drop=false") && l.contains("uridecodebin"), "{l}");
+    }
+}

@@ -1,0 +1,141 @@
+//! Every metric of the process, named in one place: `facestream_<what>_<unit>`, `_total` for
+//! counters, `_seconds` for histograms. Labels stay low-cardinality (camera, stage, reason,
+//! outcome, sink): never a track or person id.
+
+use std::sync::OnceLock;
+
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+pub const FRAMES_RECEIVED: &str = "facestream_frames_received_total";
+pub const FRAMES_PROCESSED: &str = "facestream_frames_processed_total";
+pub const FRAMES_DROPPED: &str = "facestream_frames_dropped_total";
+pub const FACES_DETECTED: &str = "facestream_faces_detected_total";
+pub const TRACKS_STARTED: &str = "facestream_tracks_started_total";
+pub const EMBEDDINGS: &str = "facestream_embeddings_total";
+pub const EMBED_REQUESTS_DROPPED: &str = "facestream_embed_requests_dropped_total";
+pub const IDENTIFICATIONS: &str = "facestream_identifications_total";
+pub const EVENTS_SENT: &str = "facestream_events_sent_total";
+pub const EVENTS_FAILED: &str = "facestream_events_failed_total";
+pub const CAMERA_UP: &str = "facestream_camera_up";
+pub const CAMERA_STATE: &str = "facestream_camera_state";
+pub const CAMERA_RECONNECTS: &str = "facestream_camera_reconnects_total";
+pub const QUEUE_DEPTH: &str = "facestream_queue_depth";
+pub const GALLERY_SIZE: &str = "facestream_gallery_persons";
+pub const STAGE_SECONDS: &str = "facestream_stage_duration_seconds";
+pub const CAPTURE_TO_EVENT_SECONDS: &str = "facestream_capture_to_event_seconds";
+pub const BATCH_SIZE: &str = "facestream_embed_batch_size";
+pub const BUILD_INFO: &str = "facestream_build_info";
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub frames_received: IntCounterVec,
+    pub frames_processed: IntCounterVec,
+    pub frames_dropped: IntCounterVec,
+    pub faces_detected: IntCounterVec,
+    pub tracks_started: IntCounterVec,
+    pub embeddings: IntCounterVec,
+    pub embed_requests_dropped: IntCounterVec,
+    pub identifications: IntCounterVec,
+    pub events_sent: IntCounterVec,
+    pub events_failed: IntCounterVec,
+    pub camera_up: IntGaugeVec,
+    pub camera_state: IntGaugeVec,
+    pub camera_reconnects: IntCounterVec,
+    pub queue_depth: IntGaugeVec,
+    pub gallery_size: IntGauge,
+    pub stage_seconds: HistogramVec,
+    pub capture_to_event: HistogramVec,
+    pub batch_size: Histogram,
+    pub build_info: IntGaugeVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+impl Metrics {
+    fn new() -> Self {
+        let r = Registry::new();
+        let stage_seconds = HistogramVec::new(
+            HistogramOpts::new(STAGE_SECONDS, "Time spent per item in a stage (decode, detect, embed, identify)").buckets(LATENCY_BUCKETS.to_vec()),
+            &["stage"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(stage_seconds.clone())).expect("unique metric");
+        let capture_to_event = HistogramVec::new(
+            HistogramOpts::new(CAPTURE_TO_EVENT_SECONDS, "From frame capture to the identity event it produced").buckets(LATENCY_BUCKETS.to_vec()),
+            &["camera"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(capture_to_event.clone())).expect("unique metric");
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new(BATCH_SIZE, "Faces per embedding batch").buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(batch_size.clone())).expect("unique metric");
+        let gallery_size = IntGauge::new(GALLERY_SIZE, "Persons in the gallery").expect("valid metric");
+        r.register(Box::new(gallery_size.clone())).expect("unique metric");
+        Self {
+            frames_received: counter(&r, FRAMES_RECEIVED, "Frames delivered by the camera's pipeline (after the fps cap)", &["camera"]),
+            frames_processed: counter(&r, FRAMES_PROCESSED, "Frames that went through detection and tracking", &["camera"]),
+            frames_dropped: counter(&r, FRAMES_DROPPED, "Frames dropped, by reason (queue_full, fps_cap, stale)", &["camera", "reason"]),
+            faces_detected: counter(&r, FACES_DETECTED, "Faces found by the detector", &["camera"]),
+            tracks_started: counter(&r, TRACKS_STARTED, "Confirmed face tracks", &["camera"]),
+            embeddings: counter(&r, EMBEDDINGS, "Faces embedded", &["camera"]),
+            embed_requests_dropped: counter(&r, EMBED_REQUESTS_DROPPED, "Embedding requests dropped because the batcher queue was full", &["camera"]),
+            identifications: counter(&r, IDENTIFICATIONS, "Identity decisions by outcome (known, unknown)", &["camera", "outcome"]),
+            events_sent: counter(&r, EVENTS_SENT, "Events written per sink", &["sink"]),
+            events_failed: counter(&r, EVENTS_FAILED, "Events a sink failed to deliver or dropped", &["sink", "reason"]),
+            camera_up: gauge(&r, CAMERA_UP, "1 while the camera streams", &["camera"]),
+            camera_state: gauge(&r, CAMERA_STATE, "1 for the camera's current state", &["camera", "state"]),
+            camera_reconnects: counter(&r, CAMERA_RECONNECTS, "Reconnect attempts", &["camera"]),
+            queue_depth: gauge(&r, QUEUE_DEPTH, "Items waiting in a stage's input queue", &["queue"]),
+            gallery_size,
+            stage_seconds,
+            capture_to_event,
+            batch_size,
+            build_info: gauge(&r, BUILD_INFO, "Build and runtime facts", &["version", "detector", "embedder", "provider"]),
+            registry: r,
+        }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_convention_and_render() {
+        let m = metrics();
+        m.frames_processed.with_label_values(&["cam1"]).inc();
+        let text = m.render();
+        assert!(text.contains("facestream_frames_processed_total{camera=\"cam1\"} 1"), "{text}");
+        for name in [FRAMES_RECEIVED, FRAMES_DROPPED, EVENTS_SENT, CAMERA_RECONNECTS] {
+            assert!(name.starts_with("facestream_") && name.ends_with("_total"), "{name}");
+        }
+        assert!(STAGE_SECONDS.ends_with("_seconds") && CAPTURE_TO_EVENT_SECONDS.ends_with("_seconds"));
+    }
+}
