@@ -20,6 +20,10 @@ pub struct VerificationReport {
     pub tar_at_far_01pct: AtThreshold,
     pub eer: AtThreshold,
     pub best_accuracy: AtThreshold,
+    /// Largest distance between two photos of the same person.
+    pub genuine_max: f32,
+    /// Smallest distance between photos of different people.
+    pub impostor_min: f32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +98,8 @@ pub fn verification(genuine: &[f32], impostor: &[f32]) -> Result<VerificationRep
         tar_at_far_01pct: tar_01,
         eer,
         best_accuracy: best,
+        genuine_max: genuine.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        impostor_min: impostor.iter().copied().fold(f32::INFINITY, f32::min),
     })
 }
 

@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use image::{ImageDecoder, ImageReader, Limits};
+use std::io::Cursor;
+
+use image::{ImageDecoder, ImageFormat, ImageReader, Limits};
 
 /// Largest side accepted from a file. Larger images are refused before any pixel is decoded,
 /// so a hostile header cannot make us allocate gigabytes.
@@ -68,34 +70,52 @@ impl RgbImage {
     }
 }
 
-/// Decodes an image file, refusing oversized or empty images and applying its EXIF orientation.
+/// Decodes an image file, refusing oversized, empty or truncated images and applying its EXIF orientation.
 pub fn load(path: &Path) -> Result<RgbImage, ImageError> {
-    let decode_err = |e: &dyn std::fmt::Display| ImageError::Decode { path: path.to_path_buf(), reason: e.to_string() };
-    let mut reader = ImageReader::open(path)
-        .map_err(|source| ImageError::Open { path: path.to_path_buf(), source })?
-        .with_guessed_format()
-        .map_err(|source| ImageError::Open { path: path.to_path_buf(), source })?;
-    if reader.format().is_none() {
-        return Err(ImageError::Decode { path: path.to_path_buf(), reason: "unknown format".into() });
+    let bytes = std::fs::read(path).map_err(|source| ImageError::Open { path: path.to_path_buf(), source })?;
+    decode(&bytes, path)
+}
+
+/// Decodes an image held in memory; `name` is used in error messages.
+pub fn decode(bytes: &[u8], name: &Path) -> Result<RgbImage, ImageError> {
+    let path = name;
+    let decode_err = |reason: String| ImageError::Decode { path: path.to_path_buf(), reason };
+    let reader = || {
+        ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|source| ImageError::Open { path: path.to_path_buf(), source })
+    };
+    let format = reader()?.format().ok_or_else(|| decode_err("unknown format".into()))?;
+    // Lenient decoders fill a cut-off JPEG with grey and report success; a face found in
+    // half an image is worse than an error, so require the end-of-image marker.
+    if format == ImageFormat::Jpeg && !has_jpeg_end(bytes) {
+        return Err(decode_err("truncated JPEG (no end-of-image marker)".into()));
     }
-    // The limits are also enforced by the decoders; the explicit check below gives a better message.
+    // Read the size from the header first, so an oversized image is refused before any allocation.
+    let (width, height) = reader()?.into_dimensions().map_err(|e| classify(path, e))?;
+    check_size(path, width, height)?;
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_PIXELS * 4 + (64 << 20));
-    reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(|e| classify(path, e))?;
-    let (width, height) = decoder.dimensions();
-    check_size(path, width, height)?;
+    let mut r = reader()?;
+    r.limits(limits);
+    let mut decoder = r.into_decoder().map_err(|e| classify(path, e))?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| classify(path, e))?;
     img.apply_orientation(orientation);
     let rgb = img.into_rgb8();
     let (width, height) = rgb.dimensions();
     if width == 0 || height == 0 {
-        return Err(decode_err(&"decoded to an empty image"));
+        return Err(ImageError::Empty { path: path.to_path_buf(), width, height });
     }
     Ok(RgbImage { width, height, data: rgb.into_raw() })
+}
+
+/// A JPEG ends with FF D9; allow some trailing padding, as some cameras write it.
+fn has_jpeg_end(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 fn check_size(path: &Path, width: u32, height: u32) -> Result<(), ImageError> {

@@ -15,4 +15,5 @@ pub mod ingest;
 pub mod infer;
 pub mod photo;
 pub mod telemetry;
+pub mod topology;
 pub mod track;

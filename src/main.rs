@@ -268,9 +268,13 @@ fn cmd_eval(cfg: &Config, identities: &Path, json_out: Option<&Path>) -> Result<
                 eprintln!("error: {e:#}");
             }
         }
-        eprint!("\rembedding photos: {}/{}", i + 1, list.len());
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprint!("\rembedding photos: {}/{}", i + 1, list.len());
+        } else if (i + 1) % 10 == 0 || i + 1 == list.len() {
+            eprintln!("embedding photos: {}/{}", i + 1, list.len());
+        }
     }
-    eprintln!(" ({:.1} s)", started.elapsed().as_secs_f32());
+    eprintln!("embedded {} photos in {:.1} s", list.len(), started.elapsed().as_secs_f32());
     let (mut genuine, mut impostor) = (Vec::new(), Vec::new());
     for i in 0..embs.len() {
         for j in i + 1..embs.len() {
@@ -293,6 +297,7 @@ fn cmd_eval(cfg: &Config, identities: &Path, json_out: Option<&Path>) -> Result<
     row("TAR @ FAR 0.1%:", &report.tar_at_far_01pct);
     row("EER:", &report.eer);
     row("best accuracy:", &report.best_accuracy);
+    println!("distances:        same person <= {:.4}, different people >= {:.4}", report.genuine_max, report.impostor_min);
     println!("threshold in use: {:.4} (model {})", analyzer.embedder.threshold, analyzer.embedder.model_id());
     if let Some(p) = json_out {
         let v = json!({"photos": embs.len(), "failed": failed, "people": people, "model": analyzer.embedder.model_id(), "verification": report});

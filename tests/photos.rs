@@ -84,6 +84,7 @@ fn group_photos_give_the_counted_number_of_faces() {
         let faces = a.detector.detect_with_min_face(&img, min_face).unwrap();
         assert_eq!(faces.len(), expected, "{name} at min face {min_face}: {faces:?}");
     }
+}
 
 #[test]
 fn same_and_different_people() {

@@ -7,7 +7,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::detect::DetectConfig;
 use crate::embed::EmbedConfig;
+use crate::embed::batcher::BatchConfig;
+use crate::events::EventsConfig;
+use crate::events::vote::VoteConfig;
+use crate::gallery::GalleryConfig;
 use crate::infer::InferConfig;
+use crate::ingest::CameraConfig;
+use crate::track::TrackConfig;
 
 /// The embedded default configuration (`config/default.toml`).
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -18,6 +24,38 @@ pub struct Config {
     pub infer: InferConfig,
     pub detect: DetectConfig,
     pub embed: EmbedConfig,
+    pub track: TrackConfig,
+    pub identify: VoteConfig,
+    pub batch: BatchConfig,
+    pub pipeline: PipelineConfig,
+    pub gallery: GalleryConfig,
+    pub events: EventsConfig,
+    pub cameras: Vec<CameraConfig>,
+    /// Folder that relative paths in the file resolve against (the file's folder; the current
+    /// folder for the embedded default).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// Worker counts and queue sizes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Detection workers, one ONNX session each. On the 2-vCPU reference machine one detection and
+    /// one embedding worker keep both vCPUs busy; more only add contention.
+    pub detect_workers: usize,
+    /// Embedding workers, one ONNX session each.
+    pub embed_workers: usize,
+    /// Frames a camera may queue for detection; when full the oldest is dropped (counted).
+    pub camera_queue: usize,
+    /// Embedding requests waiting for the batcher; when full new requests are dropped (counted).
+    pub embed_queue: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self { detect_workers: 1, embed_workers: 1, camera_queue: 2, embed_queue: 256 }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +81,12 @@ impl Config {
     }
 
     pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
-        let cfg: Config =
+        let mut cfg: Config =
             toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.to_path_buf(), message: e.to_string() })?;
+        cfg.base_dir = match file.parent() {
+            Some(p) if file.is_file() && !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
         cfg.validate(file)?;
         Ok(cfg)
     }
@@ -59,6 +101,25 @@ impl Config {
         self.embed.validate().map_err(|e| wrap("embed", e))?;
         if self.infer.intra_threads == 0 || self.infer.intra_threads > 256 {
             return Err(wrap("infer", ("intra_threads".into(), format!("must be 1..=256, got {}", self.infer.intra_threads))));
+        }
+        self.track.validate().map_err(|e| wrap("track", e))?;
+        self.identify.validate().map_err(|e| wrap("identify", e))?;
+        self.batch.validate().map_err(|e| wrap("batch", e))?;
+        let p = &self.pipeline;
+        for (key, v, max) in [("detect_workers", p.detect_workers, 64), ("embed_workers", p.embed_workers, 64), ("camera_queue", p.camera_queue, 1024), ("embed_queue", p.embed_queue, 65536)] {
+            if v == 0 || v > max {
+                return Err(wrap("pipeline", (key.into(), format!("must be 1..={max}, got {v}"))));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, cam) in self.cameras.iter().enumerate() {
+            cam.validate().map_err(|e| wrap(&format!("cameras[{i}]"), e))?;
+            if !seen.insert(cam.id.as_str()) {
+                return Err(wrap(&format!("cameras[{i}]"), ("id".into(), format!("`{}` is used by another camera", cam.id))));
+            }
+            if cam.enabled {
+                cam.source(&self.base_dir).map_err(|m| wrap(&format!("cameras[{i}]"), ("url".into(), m)))?;
+            }
         }
         Ok(())
     }

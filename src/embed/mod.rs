@@ -2,6 +2,7 @@
 //! batches built in one reused contiguous buffer.
 
 pub mod align;
+pub mod batcher;
 pub mod config;
 
 pub use align::{CROP_BYTES, CROP_SIDE, CropBox, align, align_into, crop_box};

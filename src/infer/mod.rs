@@ -156,8 +156,31 @@ impl Runtime {
     }
 }
 
+/// Whether the NVIDIA driver library can be loaded: the CUDA build of ONNX Runtime has the CUDA
+/// provider compiled in, but it only works where the driver is installed.
+fn cuda_driver_present() -> bool {
+    // SAFETY: dlopen with a constant C string; the handle is closed at once.
+    unsafe {
+        let h = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
+        if h.is_null() {
+            return false;
+        }
+        libc::dlclose(h);
+        true
+    }
+}
+
 fn choose_provider(device: Device) -> Result<Provider, InferError> {
-    let available = <ep::CUDA as ExecutionProvider>::is_available().unwrap_or(false);
+    let in_build = <ep::CUDA as ExecutionProvider>::is_available().unwrap_or(false);
+    if in_build && !cuda_driver_present() && device != Device::Cpu {
+        let reason = "the ONNX Runtime build has CUDA but no NVIDIA driver (libcuda.so.1) was found";
+        if device == Device::Cuda {
+            return Err(InferError::Provider { provider: "cuda", reason: reason.into() });
+        }
+        tracing::warn!("{reason}: running on CPU");
+        return Ok(Provider::Cpu);
+    }
+    let available = in_build;
     match device {
         Device::Cpu => Ok(Provider::Cpu),
         Device::Cuda if available => Ok(Provider::Cuda),
@@ -207,8 +230,8 @@ fn locate_library(cfg: &InferConfig) -> Result<PathBuf, InferError> {
         candidates.push(p);
     }
     let base = cache_dir().join("onnxruntime");
-    candidates.push(base.join(format!("{ORT_VERSION}-gpu")).join(format!("libonnxruntime.so.{ORT_VERSION}")));
     candidates.push(base.join(format!("{ORT_VERSION}-cpu")).join(format!("libonnxruntime.so.{ORT_VERSION}")));
+    candidates.push(base.join(format!("{ORT_VERSION}-gpu")).join(format!("libonnxruntime.so.{ORT_VERSION}")));
     if let Some(found) = candidates.iter().find(|p| p.is_file()) {
         return Ok(found.clone());
     }
@@ -224,14 +247,17 @@ fn locate_models(cfg: &InferConfig) -> PathBuf {
     if let Some(p) = std::env::var_os("FACESTREAM_MODELS") {
         return PathBuf::from(p);
     }
-    if let Some(p) = setup_env("FACESTREAM_MODELS").filter(|p| p.is_dir()) {
-        return p;
-    }
+    // The checkout being run beats whatever checkout last ran setup.
+    let has_cards = |p: &Path| p.join("faceapi_recognition.toml").is_file();
     let local = PathBuf::from("models");
-    if local.join("faceapi_recognition.toml").is_file() {
+    if has_cards(&local) {
         return local;
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    if has_cards(&built) {
+        return built;
+    }
+    setup_env("FACESTREAM_MODELS").filter(|p| has_cards(p)).unwrap_or(local)
 }
 
 /// One ONNX session (one per worker) plus the card it was checked against.

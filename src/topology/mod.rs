@@ -1,0 +1,684 @@
+//! Wires the stages with bounded channels and owns start-up and shutdown.
+//!
+//! ```text
+//! camera threads ──(per-camera queue, drop oldest)──▶ detect workers ──(block)──▶ tracker
+//!   tracker ──(embed queue, drop newest)──▶ batcher ──(block)──▶ embed workers ──▶ vote + sinks
+//! ```
+//! Shutdown cascades: cameras stop and send their end marker, every stage drains its input and
+//! closes its output, the vote stage ends the last tracks and flushes the sinks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, SendTimeoutError, Sender, TrySendError, bounded};
+
+use crate::config::Config;
+use crate::detect::{BBox, Face, Mtcnn};
+use crate::embed::batcher::Batcher;
+use crate::embed::{CROP_BYTES, Embedder, align_into, crop_box};
+use crate::events::vote::{TrackVote, VoteConfig};
+use crate::events::{Event, EventBody, JsonLines, UNKNOWN};
+use crate::gallery::{Match, SharedGallery};
+use crate::infer::Runtime;
+use crate::ingest::{self, CameraNotice, CameraState, CameraStatus, Frame, FrameSink};
+use crate::telemetry::metrics;
+use crate::track::{TrackConfig, Tracker, quality};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("no enabled camera in the configuration; add a [[cameras]] entry")]
+    NoCamera,
+    #[error(transparent)]
+    Ingest(#[from] ingest::IngestError),
+    #[error(transparent)]
+    Detect(#[from] crate::detect::DetectError),
+    #[error(transparent)]
+    Embed(#[from] crate::embed::EmbedError),
+    #[error(transparent)]
+    Infer(#[from] crate::infer::InferError),
+    #[error(transparent)]
+    Sink(#[from] crate::events::SinkError),
+    #[error("cannot start thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Somewhere events go besides the configured sinks (tests, the HTTP event stream).
+pub trait EventSink: Send {
+    fn name(&self) -> &'static str;
+    /// Delivers one event; errors are counted, never propagated into the pipeline.
+    fn send(&mut self, event: &Event) -> Result<(), String>;
+}
+
+impl EventSink for JsonLines {
+    fn name(&self) -> &'static str {
+        JsonLines::name(self)
+    }
+    fn send(&mut self, event: &Event) -> Result<(), String> {
+        self.write(&event.to_json()).map_err(|e| e.to_string())
+    }
+}
+
+/// Sends events into a bounded channel without ever blocking; a full channel loses the event
+/// (counted as failed with reason `queue_full`).
+pub struct ChannelSink {
+    pub name: &'static str,
+    pub tx: Sender<Event>,
+}
+
+impl EventSink for ChannelSink {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn send(&mut self, event: &Event) -> Result<(), String> {
+        self.tx.try_send(event.clone()).map_err(|e| match e {
+            TrySendError::Full(_) => "queue_full".to_string(),
+            TrySendError::Disconnected(_) => "disconnected".to_string(),
+        })
+    }
+}
+
+enum FrameMsg {
+    Frame(Frame),
+    /// The camera will send nothing more; `frames` is how many frames it queued in all.
+    End { camera: Arc<str>, frames: u64 },
+}
+
+enum TrackMsg {
+    Detected { frame: Frame, faces: Vec<Face> },
+    End { camera: Arc<str>, frames: u64 },
+}
+
+struct EmbedRequest {
+    camera: Arc<str>,
+    track: u64,
+    crop: Vec<u8>,
+    bbox: BBox,
+    captured_instant: Instant,
+}
+
+enum VoteMsg {
+    Started { camera: Arc<str>, track: u64, bbox: BBox, score: f32, at: SystemTime },
+    Result { camera: Arc<str>, track: u64, matches: Result<Vec<Match>, String>, threshold: f32, bbox: BBox, captured_instant: Instant },
+    Ended { camera: Arc<str>, track: u64, first_seen: SystemTime, last_seen: SystemTime, frames: u64, requested: u32 },
+    Camera(CameraNotice),
+}
+
+/// A running pipeline.
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    threads: Vec<(String, JoinHandle<()>)>,
+    pub cameras: Vec<Arc<Mutex<CameraStatus>>>,
+    pub gallery: SharedGallery,
+}
+
+impl Running {
+    /// Asks every camera to stop; the stages drain and end by themselves.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// True once every thread has finished (all cameras ended and everything drained).
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().all(|(_, h)| h.is_finished())
+    }
+
+    /// Waits for every stage to drain and end.
+    pub fn join(self) {
+        for (name, h) in self.threads {
+            if h.join().is_err() {
+                tracing::error!(thread = %name, "stage thread panicked");
+            }
+        }
+    }
+
+    pub fn camera_statuses(&self) -> Vec<CameraStatus> {
+        self.cameras.iter().filter_map(|c| c.lock().ok().map(|s| s.clone())).collect()
+    }
+}
+
+fn spawn(threads: &mut Vec<(String, JoinHandle<()>)>, name: String, f: impl FnOnce() + Send + 'static) -> Result<(), TopologyError> {
+    let h = std::thread::Builder::new().name(name.clone()).spawn(f).map_err(TopologyError::Thread)?;
+    threads.push((name, h));
+    Ok(())
+}
+
+/// Starts every stage for the enabled cameras of `cfg`. Models are loaded (and fail) before any
+/// camera starts.
+pub fn start(cfg: &Config, gallery: SharedGallery, mut extra_sinks: Vec<Box<dyn EventSink>>) -> Result<Running, TopologyError> {
+    let cams: Vec<_> = cfg.cameras.iter().filter(|c| c.enabled).cloned().collect();
+    if cams.is_empty() {
+        return Err(TopologyError::NoCamera);
+    }
+    ingest::init()?;
+    let rt = Runtime::get(&cfg.infer)?;
+    let m = metrics();
+    m.gallery_size.set(gallery.read().map(|g| g.len() as i64).unwrap_or(0));
+
+    // Load every model first: a missing model must stop us before any camera connects.
+    let mut detectors = Vec::new();
+    for _ in 0..cfg.pipeline.detect_workers {
+        detectors.push(Mtcnn::new(&rt, cfg.detect.clone())?);
+    }
+    let mut embedders = Vec::new();
+    for _ in 0..cfg.pipeline.embed_workers {
+        embedders.push(Embedder::new(&rt, &cfg.embed)?);
+    }
+    let threshold = cfg.identify.threshold.unwrap_or(embedders[0].threshold);
+    m.build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION"), "mtcnn", embedders[0].model_id(), rt.provider.as_str()])
+        .set(1);
+    let mut sinks = extra_sinks.drain(..).collect::<Vec<_>>();
+    if cfg.events.stdout {
+        sinks.push(Box::new(JsonLines::stdout()));
+    }
+    if let Some(path) = &cfg.events.file {
+        let path = if path.is_absolute() { path.clone() } else { cfg.base_dir.join(path) };
+        sinks.push(Box::new(JsonLines::file(&path)?));
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    let (track_tx, track_rx) = bounded::<TrackMsg>(16);
+    let (embed_tx, embed_rx) = bounded::<EmbedRequest>(cfg.pipeline.embed_queue);
+    let (batch_tx, batch_rx) = bounded::<Vec<EmbedRequest>>(cfg.pipeline.embed_workers * 2);
+    let (vote_tx, vote_rx) = bounded::<VoteMsg>(1024);
+
+    // Cameras, each with its own queue.
+    let mut cam_rxs = Vec::new();
+    let mut statuses = Vec::new();
+    let mut min_faces = HashMap::new();
+    for (i, cam) in cams.iter().enumerate() {
+        let (tx, rx) = bounded::<FrameMsg>(cfg.pipeline.camera_queue);
+        cam_rxs.push(rx.clone());
+        min_faces.insert(Arc::<str>::from(cam.id.as_str()), cam.min_face.unwrap_or(cfg.detect.min_face));
+        let status = Arc::new(Mutex::new(CameraStatus {
+            id: cam.id.clone(),
+            state: CameraState::Connecting,
+            last_error: None,
+            frames: 0,
+            reconnects: 0,
+            width: 0,
+            height: 0,
+        }));
+        statuses.push(status.clone());
+        let sink = Arc::new(CameraQueue {
+            camera: Arc::from(cam.id.as_str()),
+            tx,
+            rx,
+            stop: stop.clone(),
+            queued: Mutex::new(0),
+            notices: vote_tx.clone(),
+            last_state: Mutex::new(None),
+        });
+        let (cam, base, stop) = (cam.clone(), cfg.base_dir.clone(), stop.clone());
+        let seed = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
+        spawn(&mut threads, format!("camera-{}", cam.id), move || {
+            ingest::run_camera(cam, &base, sink.clone(), status, stop, seed);
+            sink.end();
+        })?;
+    }
+
+    // Detection workers select over every camera queue (random among ready ones: fair).
+    let min_faces = Arc::new(min_faces);
+    for (w, mut det) in detectors.into_iter().enumerate() {
+        let (rxs, tx, min_faces) = (cam_rxs.clone(), track_tx.clone(), min_faces.clone());
+        spawn(&mut threads, format!("detect-{w}"), move || detect_worker(&mut det, rxs, tx, &min_faces))?;
+    }
+    drop(cam_rxs);
+    drop(track_tx);
+
+    {
+        let (tcfg, vote_tx) = (cfg.track.clone(), vote_tx.clone());
+        spawn(&mut threads, "track".into(), move || track_stage(tcfg, track_rx, embed_tx, vote_tx))?;
+    }
+    {
+        let bcfg = cfg.batch.clone();
+        spawn(&mut threads, "batcher".into(), move || batch_stage(bcfg, embed_rx, batch_tx))?;
+    }
+    for (w, mut emb) in embedders.into_iter().enumerate() {
+        let (rx, tx, gallery) = (batch_rx.clone(), vote_tx.clone(), gallery.clone());
+        spawn(&mut threads, format!("embed-{w}"), move || embed_worker(&mut emb, rx, tx, &gallery, threshold))?;
+    }
+    drop(batch_rx);
+    drop(vote_tx);
+    {
+        let (vcfg, show_states) = (cfg.identify.clone(), cfg.events.camera_states);
+        spawn(&mut threads, "events".into(), move || vote_stage(vcfg, vote_rx, sinks, show_states))?;
+    }
+    Ok(Running { stop, threads, cameras: statuses, gallery })
+}
+
+/// A camera's queue: drop-oldest for live sources, blocking for files played as fast as possible.
+struct CameraQueue {
+    camera: Arc<str>,
+    tx: Sender<FrameMsg>,
+    rx: Receiver<FrameMsg>,
+    stop: Arc<AtomicBool>,
+    queued: Mutex<u64>,
+    notices: Sender<VoteMsg>,
+    last_state: Mutex<Option<CameraState>>,
+}
+
+impl CameraQueue {
+    fn end(&self) {
+        let frames = self.queued.lock().map(|q| *q).unwrap_or(0);
+        // Blocking: the end marker must never be lost, and the detectors are draining.
+        let _ = self.tx.send(FrameMsg::End { camera: self.camera.clone(), frames });
+    }
+}
+
+impl FrameSink for CameraQueue {
+    fn frame(&self, frame: Frame, live: bool) -> bool {
+        let m = metrics();
+        m.frames_received.with_label_values(&[&self.camera]).inc();
+        let mut msg = FrameMsg::Frame(frame);
+        if live {
+            loop {
+                match self.tx.try_send(msg) {
+                    Ok(()) => break,
+                    Err(TrySendError::Full(back)) => {
+                        // Keep the newest: the oldest waiting frame of this camera goes.
+                        if let Ok(FrameMsg::Frame(_)) = self.rx.try_recv() {
+                            m.frames_dropped.with_label_values(&[&self.camera, "queue_full"]).inc();
+                            if let Ok(mut q) = self.queued.lock() {
+                                *q = q.saturating_sub(1);
+                            }
+                        }
+                        msg = back;
+                    }
+                    Err(TrySendError::Disconnected(_)) => return false,
+                }
+            }
+        } else {
+            loop {
+                match self.tx.send_timeout(msg, Duration::from_millis(100)) {
+                    Ok(()) => break,
+                    Err(SendTimeoutError::Timeout(back)) => {
+                        if self.stop.load(Ordering::Relaxed) {
+                            return false;
+                        }
+                        msg = back;
+                    }
+                    Err(SendTimeoutError::Disconnected(_)) => return false,
+                }
+            }
+        }
+        if let Ok(mut q) = self.queued.lock() {
+            *q += 1;
+        }
+        true
+    }
+
+    fn notice(&self, notice: CameraNotice) {
+        let CameraNotice::State { state, .. } = &notice;
+        let m = metrics();
+        m.camera_up.with_label_values(&[&self.camera]).set((*state == CameraState::Streaming) as i64);
+        for s in [CameraState::Connecting, CameraState::Streaming, CameraState::Backoff, CameraState::Failed, CameraState::Ended, CameraState::Stopped] {
+            m.camera_state.with_label_values(&[&self.camera, s.as_str()]).set((s == *state) as i64);
+        }
+        if *state == CameraState::Backoff {
+            m.camera_reconnects.with_label_values(&[&self.camera]).inc();
+        }
+        // Report changes only: "connecting" on every retry would flood the event stream.
+        if let Ok(mut last) = self.last_state.lock() {
+            if *last == Some(*state) {
+                return;
+            }
+            *last = Some(*state);
+        }
+        let _ = self.notices.send_timeout(VoteMsg::Camera(notice), Duration::from_millis(100));
+    }
+
+    fn skipped(&self, camera: &str) {
+        metrics().frames_dropped.with_label_values(&[camera, "fps_cap"]).inc();
+    }
+}
+
+fn detect_worker(det: &mut Mtcnn, mut rxs: Vec<Receiver<FrameMsg>>, tx: Sender<TrackMsg>, min_faces: &HashMap<Arc<str>, f32>) {
+    let m = metrics();
+    let default_min = det.config().min_face;
+    while !rxs.is_empty() {
+        let mut sel = Select::new();
+        for rx in &rxs {
+            sel.recv(rx);
+        }
+        let op = sel.select();
+        let i = op.index();
+        let msg = match op.recv(&rxs[i]) {
+            Ok(msg) => msg,
+            Err(_) => {
+                // The camera thread is gone and its queue is drained.
+                rxs.swap_remove(i);
+                continue;
+            }
+        };
+        let out = match msg {
+            FrameMsg::End { camera, frames } => TrackMsg::End { camera, frames },
+            FrameMsg::Frame(frame) => {
+                let started = Instant::now();
+                let min_face = min_faces.get(&frame.camera).copied().unwrap_or(default_min);
+                let faces = match det.detect_with_min_face(&frame.image, min_face) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::warn!(camera = %frame.camera, seq = frame.seq, error = %e, "detection failed on a frame");
+                        Vec::new()
+                    }
+                };
+                m.stage_seconds.with_label_values(&["detect"]).observe(started.elapsed().as_secs_f64());
+                m.faces_detected.with_label_values(&[&frame.camera]).inc_by(faces.len() as u64);
+                TrackMsg::Detected { frame, faces }
+            }
+        };
+        m.queue_depth.with_label_values(&["track"]).set(tx.len() as i64);
+        if tx.send(out).is_err() {
+            return;
+        }
+    }
+}
+
+/// Per-track bookkeeping of the embedding policy.
+struct TrackInfo {
+    first_seen: SystemTime,
+    last_seen: SystemTime,
+    frames: u64,
+    requested: u32,
+    best_quality: f32,
+    last_embed: Option<Instant>,
+}
+
+struct CameraTracks {
+    tracker: Tracker,
+    info: HashMap<u64, TrackInfo>,
+    last_seq: Option<u64>,
+    arrived: u64,
+    expected: Option<u64>,
+}
+
+fn track_stage(cfg: TrackConfig, rx: Receiver<TrackMsg>, embed_tx: Sender<EmbedRequest>, vote_tx: Sender<VoteMsg>) {
+    let m = metrics();
+    let mut cams: HashMap<Arc<str>, CameraTracks> = HashMap::new();
+    let refresh = Duration::from_secs_f32(cfg.refresh_seconds);
+    let mut crop = vec![0u8; CROP_BYTES];
+    let new_cam = |cfg: &TrackConfig| CameraTracks { tracker: Tracker::new(cfg.clone()), info: HashMap::new(), last_seq: None, arrived: 0, expected: None };
+    let end_tracks = |ct: &mut CameraTracks, camera: &Arc<str>, ids: Vec<u64>, vote_tx: &Sender<VoteMsg>| {
+        for id in ids {
+            if let Some(info) = ct.info.remove(&id) {
+                let _ = vote_tx.send(VoteMsg::Ended {
+                    camera: camera.clone(),
+                    track: id,
+                    first_seen: info.first_seen,
+                    last_seen: info.last_seen,
+                    frames: info.frames,
+                    requested: info.requested,
+                });
+            }
+        }
+    };
+    for msg in rx {
+        let (camera, frame, faces) = match msg {
+            TrackMsg::End { camera, frames } => {
+                let ct = cams.entry(camera.clone()).or_insert_with(|| new_cam(&cfg));
+                ct.expected = Some(frames);
+                if ct.arrived >= frames {
+                    let ids = ct.tracker.finish().into_iter().map(|t| t.id).collect();
+                    end_tracks(ct, &camera, ids, &vote_tx);
+                }
+                continue;
+            }
+            TrackMsg::Detected { frame, faces } => (frame.camera.clone(), frame, faces),
+        };
+        let ct = cams.entry(camera.clone()).or_insert_with(|| new_cam(&cfg));
+        ct.arrived += 1;
+        let finish_after = ct.expected.is_some_and(|e| ct.arrived >= e);
+        // Two detection workers can deliver a camera's frames out of order; the tracker must not go
+        // back in time, so a frame older than the last one tracked is dropped.
+        if ct.last_seq.is_some_and(|s| frame.seq <= s) {
+            m.frames_dropped.with_label_values(&[&camera, "stale"]).inc();
+        } else {
+            ct.last_seq = Some(frame.seq);
+            let upd = ct.tracker.update(&faces);
+            m.frames_processed.with_label_values(&[&camera]).inc();
+            for id in &upd.confirmed {
+                let Some(t) = ct.tracker.tracks().iter().find(|t| t.id == *id) else { continue };
+                let Some(f) = &t.face else { continue };
+                m.tracks_started.with_label_values(&[&camera]).inc();
+                ct.info.insert(
+                    *id,
+                    TrackInfo { first_seen: frame.captured_at, last_seen: frame.captured_at, frames: 0, requested: 0, best_quality: 0.0, last_embed: None },
+                );
+                let _ = vote_tx.send(VoteMsg::Started { camera: camera.clone(), track: *id, bbox: f.bbox, score: f.score, at: frame.captured_at });
+            }
+            for (id, d) in &upd.matched {
+                let face = &faces[*d];
+                let Some(info) = ct.info.get_mut(id) else { continue };
+                info.frames += 1;
+                info.last_seen = frame.captured_at;
+                if info.requested >= cfg.max_embeddings {
+                    continue;
+                }
+                let q = quality::geometric(face);
+                let due = info.requested == 0
+                    || q > info.best_quality * cfg.quality_gain
+                    || info.last_embed.is_some_and(|t| frame.captured_instant.duration_since(t) >= refresh);
+                if !due {
+                    continue;
+                }
+                let Some(cb) = crop_box(&face.landmarks, false) else { continue };
+                let started = Instant::now();
+                if align_into(&frame.image, &cb, &mut crop).is_err() {
+                    continue;
+                }
+                m.stage_seconds.with_label_values(&["align"]).observe(started.elapsed().as_secs_f64());
+                let q = q * (0.5 + 0.5 * quality::sharpness(&crop));
+                info.best_quality = info.best_quality.max(q);
+                info.last_embed = Some(frame.captured_instant);
+                let req = EmbedRequest { camera: camera.clone(), track: *id, crop: crop.clone(), bbox: face.bbox, captured_instant: frame.captured_instant };
+                match embed_tx.try_send(req) {
+                    Ok(()) => info.requested += 1,
+                    Err(TrySendError::Full(_)) => m.embed_requests_dropped.with_label_values(&[&camera]).inc(),
+                    Err(TrySendError::Disconnected(_)) => return,
+                }
+            }
+            m.queue_depth.with_label_values(&["embed"]).set(embed_tx.len() as i64);
+            let ended: Vec<u64> = upd.ended.iter().map(|t| t.id).collect();
+            end_tracks(ct, &camera, ended, &vote_tx);
+        }
+        if finish_after {
+            let ids = ct.tracker.finish().into_iter().map(|t| t.id).collect();
+            end_tracks(ct, &camera, ids, &vote_tx);
+        }
+    }
+    // Input closed: every camera ended; end what is left.
+    for (camera, ct) in cams.iter_mut() {
+        let ids = ct.tracker.finish().into_iter().map(|t| t.id).collect();
+        end_tracks(ct, camera, ids, &vote_tx);
+    }
+}
+
+fn batch_stage(cfg: crate::embed::batcher::BatchConfig, rx: Receiver<EmbedRequest>, tx: Sender<Vec<EmbedRequest>>) {
+    let mut b = Batcher::new(cfg);
+    loop {
+        let now = Instant::now();
+        let wait = b.wait_time(now).unwrap_or(Duration::from_secs(3600));
+        match rx.recv_timeout(wait) {
+            Ok(req) => {
+                if let Some(batch) = b.push(req, Instant::now()) {
+                    if tx.send(batch).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                if let Some(batch) = b.flush() {
+                    let _ = tx.send(batch);
+                }
+                return;
+            }
+        }
+        if let Some(batch) = b.poll(Instant::now()) {
+            if tx.send(batch).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn embed_worker(emb: &mut Embedder, rx: Receiver<Vec<EmbedRequest>>, tx: Sender<VoteMsg>, gallery: &SharedGallery, threshold: f32) {
+    let m = metrics();
+    let mut buf: Vec<u8> = Vec::new();
+    for batch in rx {
+        m.batch_size.observe(batch.len() as f64);
+        buf.clear();
+        for r in &batch {
+            buf.extend_from_slice(&r.crop);
+        }
+        let started = Instant::now();
+        let result = emb.embed_crops(&buf);
+        m.stage_seconds.with_label_values(&["embed"]).observe(started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let outcomes: Vec<Result<Vec<Match>, String>> = match result {
+            Ok(embs) => {
+                let g = gallery.read();
+                embs.iter()
+                    .map(|e| match &g {
+                        Ok(g) => Ok(g.search(e, 2)),
+                        Err(_) => Err("gallery lock poisoned".to_string()),
+                    })
+                    .collect()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, faces = batch.len(), "embedding batch failed");
+                batch.iter().map(|_| Err(e.to_string())).collect()
+            }
+        };
+        m.stage_seconds.with_label_values(&["identify"]).observe(started.elapsed().as_secs_f64());
+        for (r, matches) in batch.into_iter().zip(outcomes) {
+            m.embeddings.with_label_values(&[&r.camera]).inc();
+            let msg = VoteMsg::Result { camera: r.camera, track: r.track, matches, threshold, bbox: r.bbox, captured_instant: r.captured_instant };
+            if tx.send(msg).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+struct VoteState {
+    vote: TrackVote,
+    received: u32,
+    ended: Option<(SystemTime, SystemTime, u64, u32)>,
+}
+
+fn vote_stage(cfg: VoteConfig, rx: Receiver<VoteMsg>, mut sinks: Vec<Box<dyn EventSink>>, show_states: bool) {
+    let m = metrics();
+    let mut tracks: HashMap<(Arc<str>, u64), VoteState> = HashMap::new();
+    let mut emit = |e: Event, sinks: &mut Vec<Box<dyn EventSink>>| {
+        for s in sinks.iter_mut() {
+            match s.send(&e) {
+                Ok(()) => m.events_sent.with_label_values(&[s.name()]).inc(),
+                Err(reason) => {
+                    let reason = if reason == "queue_full" || reason == "disconnected" { reason } else { "error".to_string() };
+                    m.events_failed.with_label_values(&[s.name(), &reason]).inc();
+                }
+            }
+        }
+    };
+    let track_id = |camera: &str, id: u64| format!("{camera}-{id}");
+    let finish = |key: &(Arc<str>, u64), st: VoteState, sinks: &mut Vec<Box<dyn EventSink>>, emit: &mut dyn FnMut(Event, &mut Vec<Box<dyn EventSink>>)| {
+        let Some((first, last, frames, _)) = st.ended else { return };
+        let person = st.vote.person().cloned();
+        let body = EventBody::TrackEnded {
+            track_id: track_id(&key.0, key.1),
+            person: person.as_ref().map(|p| p.1.clone()).unwrap_or_else(|| UNKNOWN.to_string()),
+            person_id: person.map(|p| p.0),
+            first_seen: crate::events::rfc3339(first),
+            last_seen: crate::events::rfc3339(last),
+            frames,
+            embeddings: st.vote.embeddings,
+            best_score: st.vote.best_distance.map(similarity),
+        };
+        emit(Event::new(&key.0, last, body), sinks);
+    };
+    for msg in rx {
+        match msg {
+            VoteMsg::Camera(CameraNotice::State { camera, state, error }) => {
+                if show_states {
+                    emit(Event::new(&camera, SystemTime::now(), EventBody::CameraState { state: state.as_str().to_string(), error }), &mut sinks);
+                }
+            }
+            VoteMsg::Started { camera, track, bbox, score, at } => {
+                tracks.insert((camera.clone(), track), VoteState { vote: TrackVote::default(), received: 0, ended: None });
+                emit(Event::new(&camera, at, EventBody::TrackStarted { track_id: track_id(&camera, track), bbox: bbox_arr(&bbox), score }), &mut sinks);
+            }
+            VoteMsg::Result { camera, track, matches, threshold, bbox, captured_instant } => {
+                let key = (camera.clone(), track);
+                let Some(st) = tracks.get_mut(&key) else { continue };
+                st.received += 1;
+                if let Ok(matches) = matches {
+                    if let Some(d) = st.vote.add(&matches, threshold, &cfg) {
+                        let latency = captured_instant.elapsed().as_secs_f64();
+                        m.capture_to_event.with_label_values(&[&camera]).observe(latency);
+                        let outcome = if d.person.is_some() { "known" } else { "unknown" };
+                        m.identifications.with_label_values(&[&camera, outcome]).inc();
+                        let body = EventBody::Identified {
+                            track_id: track_id(&camera, track),
+                            person: d.person.as_ref().map(|p| p.1.clone()).unwrap_or_else(|| UNKNOWN.to_string()),
+                            person_id: d.person.as_ref().map(|p| p.0),
+                            score: similarity(d.distance),
+                            distance: d.distance,
+                            threshold,
+                            votes: d.votes,
+                            bbox: bbox_arr(&bbox),
+                            latency_s: latency,
+                        };
+                        emit(Event::new(&camera, SystemTime::now(), body), &mut sinks);
+                    }
+                }
+                if st.ended.is_some_and(|e| st.received >= e.3) {
+                    if let Some(st) = tracks.remove(&key) {
+                        finish(&key, st, &mut sinks, &mut emit);
+                    }
+                }
+            }
+            VoteMsg::Ended { camera, track, first_seen, last_seen, frames, requested } => {
+                let key = (camera, track);
+                if let Some(st) = tracks.get_mut(&key) {
+                    st.ended = Some((first_seen, last_seen, frames, requested));
+                    // Results still on their way are waited for, so the end names the person.
+                    if st.received >= requested {
+                        if let Some(st) = tracks.remove(&key) {
+                            finish(&key, st, &mut sinks, &mut emit);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Input closed: finish whatever is left (results that never came were dropped upstream).
+    let keys: Vec<_> = tracks.keys().cloned().collect();
+    for key in keys {
+        if let Some(mut st) = tracks.remove(&key) {
+            if st.ended.is_none() {
+                let now = SystemTime::now();
+                st.ended = Some((now, now, 0, 0));
+            }
+            finish(&key, st, &mut sinks, &mut emit);
+        }
+    }
+}
+
+fn bbox_arr(b: &BBox) -> [f32; 4] {
+    [b.x1, b.y1, b.x2, b.y2]
+}
+
+/// Cosine similarity from the distance between unit vectors: d^2 = 2 - 2 cos.
+pub fn similarity(distance: f32) -> f32 {
+    1.0 - distance * distance / 2.0
+}
