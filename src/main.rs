@@ -73,6 +73,14 @@ enum Command {
         #[arg(long)]
         min_face: Option<f32>,
     },
+    /// Run the pipeline: every enabled camera of the config, identity events as JSON lines.
+    /// Without --config the embedded default plays a fixture clip against a fixture gallery.
+    /// Stops on SIGINT/SIGTERM (outputs flushed), or when every camera has ended.
+    Run {
+        /// Stop after this many seconds (0 = run until stopped or every camera ended).
+        #[arg(long, default_value_t = 0.0)]
+        duration: f64,
+    },
     /// Detection and comparison on the bundled fixture photos, with readable output.
     Demo {
         /// Folder with the fixture photos.
@@ -124,6 +132,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cmd_eval(&cfg, &identities, json.as_deref())
         }
         Command::Demo { fixtures } => cmd_demo(&cfg, &fixtures),
+        Command::Run { duration } => {
+            let file = cli.global.config.clone().unwrap_or_else(|| PathBuf::from("<embedded config/default.toml>"));
+            cmd_run(&cfg, &file, duration)
+        }
     }
 }
 
@@ -327,6 +339,74 @@ fn cmd_demo(cfg: &Config, fixtures: &Path) -> Result<ExitCode> {
         let (_, eb) = main_face(&mut analyzer, &fixtures.join(b))?;
         let d = distance(&ea, &eb);
         println!("{a:<22} vs {b:<22} distance {d:.3}  {}", if d <= analyzer.embedder.threshold { "same" } else { "different" });
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_run(cfg: &Config, file: &Path, duration: f64) -> Result<ExitCode> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, RwLock};
+    use std::time::{Duration, Instant};
+
+    cfg.validate_for_run(file)?;
+    let photos = cfg.gallery.photos(&cfg.base_dir)?;
+    let mut gallery = facestream::gallery::Gallery::new();
+    {
+        let mut analyzer = Analyzer::new(cfg)?;
+        let n = facestream::photo::enroll_photos(&mut analyzer, &photos, &mut gallery)?;
+        tracing::info!(persons = gallery.len(), photos = n, "gallery ready");
+    }
+    let gallery = Arc::new(RwLock::new(gallery));
+    let running = facestream::topology::start(cfg, gallery, Vec::new())?;
+
+    // SIGINT/SIGTERM set the flag; the pipeline drains and the sinks flush.
+    let signalled = Arc::new(AtomicBool::new(false));
+    {
+        let signalled = signalled.clone();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("signals".into()).spawn(move || {
+            rt.block_on(async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
+                }
+            });
+            signalled.store(true, Ordering::SeqCst);
+        })?;
+    }
+    let started = Instant::now();
+    let limit = (duration > 0.0).then(|| Duration::from_secs_f64(duration));
+    loop {
+        if running.is_finished() {
+            break;
+        }
+        let timed_out = limit.is_some_and(|l| started.elapsed() >= l);
+        if signalled.load(Ordering::SeqCst) || timed_out {
+            tracing::info!("stopping: draining the pipeline");
+            running.stop();
+            let deadline = Instant::now() + Duration::from_millis(1800);
+            while !running.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !running.is_finished() {
+                tracing::warn!("pipeline did not drain within 1.8 s; exiting anyway (events already written are flushed)");
+                return Ok(ExitCode::SUCCESS);
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let failed: Vec<_> = running
+        .camera_statuses()
+        .into_iter()
+        .filter(|c| c.state == facestream::ingest::CameraState::Failed)
+        .map(|c| format!("{} ({})", c.id, c.last_error.unwrap_or_default()))
+        .collect();
+    running.join();
+    if !failed.is_empty() {
+        eprintln!("cameras failed: {}", failed.join(", "));
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }

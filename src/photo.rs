@@ -77,3 +77,39 @@ pub fn primary_face(faces: &[Face]) -> Option<usize> {
         (fa.score, fa.bbox.area()).partial_cmp(&(fb.score, fb.bbox.area())).unwrap_or(std::cmp::Ordering::Equal)
     })
 }
+
+/// Enrolls each (name, photo) pair into the gallery: the photo's main face, refused when none.
+pub fn enroll_photos(
+    analyzer: &mut Analyzer,
+    photos: &[(String, std::path::PathBuf)],
+    gallery: &mut crate::gallery::Gallery,
+) -> Result<usize, EnrollError> {
+    let mut n = 0;
+    for (name, path) in photos {
+        let img = crate::image::load(path)?;
+        let faces = analyzer.detect(&img)?;
+        let Some(i) = primary_face(&faces) else {
+            return Err(EnrollError::NoFace { path: path.clone() });
+        };
+        if faces.len() > 1 {
+            tracing::warn!(file = %path.display(), faces = faces.len(), "several faces in an enrollment photo; using the most confident one");
+        }
+        let emb = analyzer.embed(&img, &faces[i..=i])?.pop().flatten().ok_or_else(|| EnrollError::NoFace { path: path.clone() })?;
+        gallery.add(name, emb)?;
+        tracing::info!(person = %name, file = %path.display(), "enrolled");
+        n += 1;
+    }
+    Ok(n)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    Photo(#[from] PhotoError),
+    #[error(transparent)]
+    Gallery(#[from] crate::gallery::GalleryError),
+    #[error("{}: no face found to enroll", path.display())]
+    NoFace { path: std::path::PathBuf },
+}

@@ -77,7 +77,12 @@ impl Config {
 
     /// The embedded default.
     pub fn embedded() -> Result<Self, ConfigError> {
-        Self::parse(DEFAULT_TOML, Path::new("<embedded config/default.toml>"))
+        let mut cfg = Self::parse(DEFAULT_TOML, Path::new("<embedded config/default.toml>"))?;
+        // The default plays the bundled fixtures: from the checkout when run elsewhere.
+        if !Path::new("tests/fixtures").is_dir() {
+            cfg.base_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        }
+        Ok(cfg)
     }
 
     pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
@@ -117,8 +122,23 @@ impl Config {
             if !seen.insert(cam.id.as_str()) {
                 return Err(wrap(&format!("cameras[{i}]"), ("id".into(), format!("`{}` is used by another camera", cam.id))));
             }
-            if cam.enabled {
-                cam.source(&self.base_dir).map_err(|m| wrap(&format!("cameras[{i}]"), ("url".into(), m)))?;
+        }
+        Ok(())
+    }
+
+    /// Checks what `run` needs beyond [`Config::validate`]: at least one enabled camera, and a
+    /// usable source for each.
+    pub fn validate_for_run(&self, file: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid { file: file.to_path_buf(), key, message };
+        if !self.cameras.iter().any(|c| c.enabled) {
+            return Err(invalid("cameras".into(), "lists no enabled camera; add a [[cameras]] entry with an id and a url".into()));
+        }
+        for (i, cam) in self.cameras.iter().enumerate().filter(|(_, c)| c.enabled) {
+            cam.source(&self.base_dir).map_err(|m| invalid(format!("cameras[{i}].url"), m))?;
+        }
+        for (name, path) in self.gallery.photos(&self.base_dir).map_err(|e| invalid("gallery".into(), e.to_string()))? {
+            if !path.is_file() {
+                return Err(invalid("gallery".into(), format!("photo {} of `{name}` does not exist", path.display())));
             }
         }
         Ok(())

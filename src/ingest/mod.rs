@@ -161,6 +161,8 @@ pub trait FrameSink: Send + Sync {
     fn notice(&self, notice: CameraNotice);
     /// Frames skipped by the fps cap.
     fn skipped(&self, _camera: &str) {}
+    /// The stream broke off (a live source is reconnecting): what was tracked so far has ended.
+    fn discontinuity(&self) {}
 }
 
 /// Why one pipeline run ended.
@@ -219,6 +221,7 @@ pub fn run_camera(cam: CameraConfig, base: &Path, sink: Arc<dyn FrameSink>, stat
             RunEnd::Eos if !live => {
                 if cam.loop_file && got_frames {
                     tracing::info!(camera = %camera, "end of file: looping");
+                    sink.discontinuity();
                     continue;
                 }
                 tracing::info!(camera = %camera, frames = seq, "end of file");
@@ -239,6 +242,9 @@ pub fn run_camera(cam: CameraConfig, base: &Path, sink: Arc<dyn FrameSink>, stat
                     tracing::error!(camera = %camera, error = %reason, "live source ended; reconnect is off");
                     set_state(CameraState::Failed, Some(reason));
                     return;
+                }
+                if got_frames {
+                    sink.discontinuity();
                 }
                 failures = if got_frames { 1 } else { failures + 1 };
                 if cam.max_retries > 0 && failures > cam.max_retries {
@@ -308,7 +314,8 @@ fn run_pipeline(
             // The bus usually holds the real reason (e.g. "could not open resource").
             return RunEnd::Error(bus_error(&bus).unwrap_or_else(|| format!("cannot start: {e}")));
         }
-        let mut last_accept: Option<Instant> = None;
+        let mut last_accept: Option<Duration> = None;
+        let started = Instant::now();
         loop {
             if stop.load(Ordering::Relaxed) {
                 return RunEnd::Stopped;
@@ -334,9 +341,15 @@ fn run_pipeline(
                 }
                 continue;
             };
-            let now = Instant::now();
+            // The fps cap measures stream time (pts) where there is one, so a file played as fast
+            // as possible is thinned the same way as in real time; 10% slack absorbs jitter so a
+            // 30 fps source capped at 15 gives 15, not 10.
+            let now = match sample.buffer().and_then(|b| b.pts()) {
+                Some(pts) => Duration::from_nanos(pts.nseconds()),
+                None => started.elapsed(),
+            };
             if let Some(prev) = last_accept {
-                if now.duration_since(prev) < min_interval {
+                if now >= prev && now - prev < min_interval.mul_f32(0.9) {
                     sink.skipped(camera);
                     continue;
                 }

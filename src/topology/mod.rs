@@ -268,7 +268,7 @@ struct CameraQueue {
 
 impl CameraQueue {
     fn end(&self) {
-        let frames = self.queued.lock().map(|q| *q).unwrap_or(0);
+        let frames = self.queued.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or(0);
         // Blocking: the end marker must never be lost, and the detectors are draining.
         let _ = self.tx.send(FrameMsg::End { camera: self.camera.clone(), frames });
     }
@@ -334,6 +334,10 @@ impl FrameSink for CameraQueue {
             *last = Some(*state);
         }
         let _ = self.notices.send_timeout(VoteMsg::Camera(notice), Duration::from_millis(100));
+    }
+
+    fn discontinuity(&self) {
+        self.end();
     }
 
     fn skipped(&self, camera: &str) {
@@ -424,11 +428,15 @@ fn track_stage(cfg: TrackConfig, rx: Receiver<TrackMsg>, embed_tx: Sender<EmbedR
     for msg in rx {
         let (camera, frame, faces) = match msg {
             TrackMsg::End { camera, frames } => {
+                // The camera ended or broke off: once its frames before the marker are tracked,
+                // its tracks end and counting starts again (a reconnect continues the camera).
                 let ct = cams.entry(camera.clone()).or_insert_with(|| new_cam(&cfg));
                 ct.expected = Some(frames);
                 if ct.arrived >= frames {
                     let ids = ct.tracker.finish().into_iter().map(|t| t.id).collect();
                     end_tracks(ct, &camera, ids, &vote_tx);
+                    ct.arrived = 0;
+                    ct.expected = None;
                 }
                 continue;
             }
@@ -493,6 +501,8 @@ fn track_stage(cfg: TrackConfig, rx: Receiver<TrackMsg>, embed_tx: Sender<EmbedR
         if finish_after {
             let ids = ct.tracker.finish().into_iter().map(|t| t.id).collect();
             end_tracks(ct, &camera, ids, &vote_tx);
+            ct.arrived = 0;
+            ct.expected = None;
         }
     }
     // Input closed: every camera ended; end what is left.
