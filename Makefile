@@ -46,8 +46,12 @@ models: check-toolchain
 build: setup
 	$(CARGO) build --release --locked
 
-# `make run` plays the embedded default: see README.md.
+# `make run` plays the embedded default (config/default.toml): a fixture clip against a fixture
+# gallery, identity events as JSON lines. `make demo` shows detection and comparison on photos.
 run: build
+	./target/release/facestream run
+
+demo: build
 	./target/release/facestream demo
 
 test: setup
