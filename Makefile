@@ -8,7 +8,7 @@
 SHELL := /bin/bash
 GPU ?= 0
 CARGO ?= cargo
-CACHE ?= $(HOME)/.cache/facestream
+CACHE ?= $(or $(FACESTREAM_CACHE),$(HOME)/.cache/facestream)
 export FACESTREAM_CACHE := $(CACHE)
 
 APT_PACKAGES := pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev \
