@@ -10,6 +10,7 @@ pub mod embed;
 pub mod eval;
 pub mod events;
 pub mod gallery;
+pub mod http;
 pub mod image;
 pub mod ingest;
 pub mod infer;

@@ -357,7 +357,13 @@ fn cmd_run(cfg: &Config, file: &Path, duration: f64) -> Result<ExitCode> {
         tracing::info!(persons = gallery.len(), photos = n, "gallery ready");
     }
     let gallery = Arc::new(RwLock::new(gallery));
-    let running = facestream::topology::start(cfg, gallery, Vec::new())?;
+    let state = facestream::http::AppState::new(gallery.clone(), cfg.http.sse_buffer);
+    let server = if cfg.http.enabled { Some(facestream::http::serve(&cfg.http, state.clone(), None)?) } else { None };
+    let running = facestream::topology::start(cfg, gallery, vec![Box::new(state.event_sink())])?;
+    if let Ok(mut c) = state.cameras.lock() {
+        *c = running.cameras.clone();
+    }
+    state.models_loaded.store(true, Ordering::SeqCst);
 
     // SIGINT/SIGTERM set the flag; the pipeline drains and the sinks flush.
     let signalled = Arc::new(AtomicBool::new(false));
@@ -404,6 +410,9 @@ fn cmd_run(cfg: &Config, file: &Path, duration: f64) -> Result<ExitCode> {
         .map(|c| format!("{} ({})", c.id, c.last_error.unwrap_or_default()))
         .collect();
     running.join();
+    if let Some(server) = server {
+        server.shutdown();
+    }
     if !failed.is_empty() {
         eprintln!("cameras failed: {}", failed.join(", "));
         return Ok(ExitCode::FAILURE);

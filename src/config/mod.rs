@@ -30,6 +30,7 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub gallery: GalleryConfig,
     pub events: EventsConfig,
+    pub http: crate::http::HttpConfig,
     pub cameras: Vec<CameraConfig>,
     /// Folder that relative paths in the file resolve against (the file's folder; the current
     /// folder for the embedded default).
@@ -110,6 +111,13 @@ impl Config {
         self.track.validate().map_err(|e| wrap("track", e))?;
         self.identify.validate().map_err(|e| wrap("identify", e))?;
         self.batch.validate().map_err(|e| wrap("batch", e))?;
+        if let Some(w) = &self.events.webhook {
+            w.validate().map_err(|e| wrap("events.webhook", e))?;
+        }
+        if let Some(m) = &self.events.mqtt {
+            m.validate().map_err(|e| wrap("events.mqtt", e))?;
+        }
+        self.http.validate().map_err(|e| wrap("http", e))?;
         let p = &self.pipeline;
         for (key, v, max) in [("detect_workers", p.detect_workers, 64), ("embed_workers", p.embed_workers, 64), ("camera_queue", p.camera_queue, 1024), ("embed_queue", p.embed_queue, 65536)] {
             if v == 0 || v > max {

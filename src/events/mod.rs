@@ -1,5 +1,6 @@
 //! Identity events (JSON lines with a schema version) and the sinks that write them.
 
+pub mod sinks;
 pub mod vote;
 
 use std::io::Write;
@@ -89,20 +90,37 @@ pub struct EventsConfig {
     pub stdout: bool,
     /// Append events as JSON lines to this file (flushed per event).
     pub file: Option<PathBuf>,
+    /// Rotate the event file when it grows past this many bytes (0 = never).
+    pub file_max_bytes: u64,
+    /// Rotated files to keep (events.jsonl.1 is the newest).
+    pub file_keep: u32,
     /// Also emit camera_state events.
     pub camera_states: bool,
+    /// POST each event as JSON to an HTTP endpoint.
+    pub webhook: Option<sinks::WebhookConfig>,
+    /// Publish each event to an MQTT broker.
+    pub mqtt: Option<sinks::MqttConfig>,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        Self { stdout: true, file: None, camera_states: true }
+        Self { stdout: true, file: None, file_max_bytes: 0, file_keep: 5, camera_states: true, webhook: None, mqtt: None }
     }
 }
 
 /// A sink that writes JSON lines and flushes after each event, so nothing is lost on a crash.
+/// A file sink can rotate by size.
 pub struct JsonLines {
     name: &'static str,
     out: Box<dyn Write + Send>,
+    rotate: Option<Rotation>,
+}
+
+struct Rotation {
+    path: PathBuf,
+    max_bytes: u64,
+    keep: u32,
+    written: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,21 +130,34 @@ pub struct SinkError {
     pub source: std::io::Error,
 }
 
+fn open_append(path: &Path) -> Result<(std::fs::File, u64), SinkError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| SinkError { path: path.to_path_buf(), source })?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| SinkError { path: path.to_path_buf(), source })?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    Ok((f, len))
+}
+
 impl JsonLines {
     pub fn stdout() -> Self {
-        Self { name: "stdout", out: Box::new(std::io::stdout()) }
+        Self { name: "stdout", out: Box::new(std::io::stdout()), rotate: None }
     }
 
     pub fn file(path: &Path) -> Result<Self, SinkError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| SinkError { path: path.to_path_buf(), source })?;
-        }
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|source| SinkError { path: path.to_path_buf(), source })?;
-        Ok(Self { name: "file", out: Box::new(f) })
+        Self::rotating(path, 0, 0)
+    }
+
+    /// A file that is renamed to `<file>.1` (older ones shift up to `<file>.<keep>`) once it
+    /// exceeds `max_bytes`; 0 disables rotation.
+    pub fn rotating(path: &Path, max_bytes: u64, keep: u32) -> Result<Self, SinkError> {
+        let (f, written) = open_append(path)?;
+        let rotate = (max_bytes > 0).then(|| Rotation { path: path.to_path_buf(), max_bytes, keep: keep.max(1), written });
+        Ok(Self { name: "file", out: Box::new(f), rotate })
     }
 
     pub fn name(&self) -> &'static str {
@@ -134,6 +165,21 @@ impl JsonLines {
     }
 
     pub fn write(&mut self, line: &str) -> std::io::Result<()> {
+        if let Some(r) = &mut self.rotate {
+            if r.written > 0 && r.written + line.len() as u64 + 1 > r.max_bytes {
+                self.out.flush()?;
+                let numbered = |n: u32| PathBuf::from(format!("{}.{n}", r.path.display()));
+                let _ = std::fs::remove_file(numbered(r.keep));
+                for n in (1..r.keep).rev() {
+                    let _ = std::fs::rename(numbered(n), numbered(n + 1));
+                }
+                std::fs::rename(&r.path, numbered(1))?;
+                let (f, _) = open_append(&r.path).map_err(|e| e.source)?;
+                self.out = Box::new(f);
+                r.written = 0;
+            }
+            r.written += line.len() as u64 + 1;
+        }
         self.out.write_all(line.as_bytes())?;
         self.out.write_all(b"\n")?;
         self.out.flush()
@@ -153,5 +199,22 @@ mod tests {
         assert_eq!(v["camera"], "door");
         assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
         assert_eq!(e.kind(), "track_started");
+    }
+
+    #[test]
+    fn file_sink_rotates_by_size_and_keeps_every_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut sink = JsonLines::rotating(&path, 100, 2).unwrap();
+        for i in 0..10 {
+            sink.write(&format!("{{\"n\":{i:020}}}")).unwrap();
+        }
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let cur = read(&path);
+        let one = read(&dir.path().join("events.jsonl.1"));
+        let two = read(&dir.path().join("events.jsonl.2"));
+        assert!(cur.len() <= 100 && one.len() <= 100 && !two.is_empty());
+        assert!(!dir.path().join("events.jsonl.3").exists(), "only `keep` rotated files");
+        assert!(cur.ends_with("{\"n\":00000000000000000009}\n"), "{cur}");
     }
 }

@@ -180,7 +180,42 @@ pub fn start(cfg: &Config, gallery: SharedGallery, mut extra_sinks: Vec<Box<dyn 
     }
     if let Some(path) = &cfg.events.file {
         let path = if path.is_absolute() { path.clone() } else { cfg.base_dir.join(path) };
-        sinks.push(Box::new(JsonLines::file(&path)?));
+        sinks.push(Box::new(JsonLines::rotating(&path, cfg.events.file_max_bytes, cfg.events.file_keep)?));
+    }
+    if let Some(w) = &cfg.events.webhook {
+        sinks.push(Box::new(crate::events::sinks::WebhookSink::start(w.clone()).map_err(TopologyError::Thread)?));
+    }
+    if let Some(mq) = &cfg.events.mqtt {
+        sinks.push(Box::new(crate::events::sinks::MqttSink::start(mq.clone()).map_err(TopologyError::Thread)?));
+    }
+    // Every per-camera series exists from the start, so dashboards and alerts see zeros, not gaps.
+    for cam in &cams {
+        let id = cam.id.as_str();
+        m.frames_received.with_label_values(&[id]);
+        m.frames_processed.with_label_values(&[id]);
+        for reason in ["queue_full", "fps_cap", "stale"] {
+            m.frames_dropped.with_label_values(&[id, reason]);
+        }
+        m.faces_detected.with_label_values(&[id]);
+        m.tracks_started.with_label_values(&[id]);
+        m.embeddings.with_label_values(&[id]);
+        m.embed_requests_dropped.with_label_values(&[id]);
+        for outcome in ["known", "unknown"] {
+            m.identifications.with_label_values(&[id, outcome]);
+        }
+        m.camera_up.with_label_values(&[id]);
+        m.camera_reconnects.with_label_values(&[id]);
+        m.capture_to_event.with_label_values(&[id]);
+    }
+    for stage in ["detect", "align", "embed", "identify"] {
+        m.stage_seconds.with_label_values(&[stage]);
+    }
+    for q in ["track", "embed"] {
+        m.queue_depth.with_label_values(&[q]);
+    }
+    for s in &sinks {
+        m.events_sent.with_label_values(&[s.name()]);
+        m.events_failed.with_label_values(&[s.name(), "queue_full"]);
     }
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,0 +1,214 @@
+//! The HTTP side (tokio + axum): `/metrics`, `/healthz`, `/readyz`, `/api/cameras` and
+//! `/api/events` (Server-Sent Events). It reads shared handles and never reaches into stage
+//! internals; a slow event-stream client loses events (counted) and never slows the pipeline.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use crate::events::Event;
+use crate::gallery::SharedGallery;
+use crate::ingest::{CameraState, CameraStatus};
+use crate::telemetry::metrics;
+use crate::topology::EventSink;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    /// Address to listen on. The default keeps it on this machine; use 0.0.0.0:9464 to expose it.
+    pub bind: String,
+    /// Events buffered per event-stream client; a client further behind loses events (counted).
+    pub sse_buffer: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { enabled: true, bind: "127.0.0.1:9464".into(), sse_buffer: 256 }
+    }
+}
+
+impl HttpConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.bind.parse::<SocketAddr>().map_err(|e| ("bind".to_string(), format!("`{}` is not an address:port ({e})", self.bind)))?;
+        if self.sse_buffer == 0 {
+            return Err(("sse_buffer".into(), "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("HTTP runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// What the HTTP side can see.
+#[derive(Clone)]
+pub struct AppState {
+    pub cameras: Arc<Mutex<Vec<Arc<Mutex<CameraStatus>>>>>,
+    pub gallery: SharedGallery,
+    pub events: broadcast::Sender<Arc<str>>,
+    pub models_loaded: Arc<AtomicBool>,
+    pub started: std::time::Instant,
+}
+
+impl AppState {
+    pub fn new(gallery: SharedGallery, sse_buffer: usize) -> Self {
+        let (events, _) = broadcast::channel(sse_buffer.max(1));
+        Self {
+            cameras: Arc::new(Mutex::new(Vec::new())),
+            gallery,
+            events,
+            models_loaded: Arc::new(AtomicBool::new(false)),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// A pipeline sink that feeds the event stream.
+    pub fn event_sink(&self) -> BroadcastSink {
+        BroadcastSink { tx: self.events.clone() }
+    }
+}
+
+/// Feeds `/api/events`; never blocks (the broadcast ring overwrites what slow clients missed).
+pub struct BroadcastSink {
+    tx: broadcast::Sender<Arc<str>>,
+}
+
+impl EventSink for BroadcastSink {
+    fn name(&self) -> &'static str {
+        "sse"
+    }
+    fn send(&mut self, event: &Event) -> Result<(), String> {
+        // No subscriber is not a failure: nobody asked for the events.
+        let _ = self.tx.send(Arc::from(event.to_json()));
+        Ok(())
+    }
+}
+
+/// A running server; dropping it does not stop it, `shutdown` does.
+pub struct Server {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready_handler))
+        .route("/api/cameras", get(cameras_handler))
+        .route("/api/events", get(events_handler))
+        .with_state(state)
+}
+
+/// Binds (errors here stop start-up) and serves on a thread of its own.
+pub fn serve(cfg: &HttpConfig, state: AppState, extra: Option<Router>) -> Result<Server, HttpError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("http")
+        .enable_all()
+        .build()
+        .map_err(HttpError::Runtime)?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(&cfg.bind))
+        .map_err(|source| HttpError::Bind { addr: cfg.bind.clone(), source })?;
+    let addr = listener.local_addr().map_err(HttpError::Runtime)?;
+    let mut app = router(state);
+    if let Some(extra) = extra {
+        app = app.merge(extra);
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("http-server".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let server = axum::serve(listener, app).with_graceful_shutdown(async {
+                    let _ = rx.await;
+                });
+                if let Err(e) = server.await {
+                    tracing::error!(error = %e, "HTTP server stopped");
+                }
+            });
+            rt.shutdown_timeout(std::time::Duration::from_millis(200));
+        })
+        .map_err(HttpError::Runtime)?;
+    tracing::info!(%addr, "HTTP server listening (/metrics, /healthz, /readyz, /api/cameras, /api/events)");
+    Ok(Server { addr, shutdown: Some(tx), thread: Some(thread) })
+}
+
+async fn metrics_handler() -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics().render()).into_response()
+}
+
+fn statuses(state: &AppState) -> Vec<CameraStatus> {
+    state
+        .cameras
+        .lock()
+        .map(|c| c.iter().filter_map(|s| s.lock().ok().map(|s| s.clone())).collect())
+        .unwrap_or_default()
+}
+
+async fn ready_handler(State(state): State<AppState>) -> Response {
+    let cams = statuses(&state);
+    let models = state.models_loaded.load(Ordering::SeqCst);
+    let gallery = state.gallery.read().map(|g| g.len()).ok();
+    let streaming: Vec<_> = cams.iter().filter(|c| c.state == CameraState::Streaming).map(|c| c.id.clone()).collect();
+    let not_streaming: Vec<_> = cams.iter().filter(|c| c.state != CameraState::Streaming).map(|c| serde_json::json!({"id": c.id, "state": c.state})).collect();
+    let ready = models && gallery.is_some();
+    let body = serde_json::json!({
+        "ready": ready,
+        "models_loaded": models,
+        "gallery_loaded": gallery.is_some(),
+        "gallery_persons": gallery.unwrap_or(0),
+        "cameras_streaming": streaming,
+        "cameras_not_streaming": not_streaming,
+    });
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(body)).into_response()
+}
+
+async fn cameras_handler(State(state): State<AppState>) -> Response {
+    axum::Json(statuses(&state)).into_response()
+}
+
+async fn events_handler(State(state): State<AppState>) -> Response {
+    let stream = BroadcastStream::new(state.events.subscribe()).filter_map(|item| async move {
+        match item {
+            Ok(json) => Some(Ok::<_, std::convert::Infallible>(SseEvent::default().data(json.as_ref()))),
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                metrics().events_failed.with_label_values(&["sse", "client_lagged"]).inc_by(n);
+                None
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
