@@ -15,10 +15,13 @@ APT_PACKAGES := pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev 
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
 	gstreamer1.0-libav libopencv-dev clang libclang-dev
 
+# Servers the tests start on 127.0.0.1 (a real Prometheus and a real MQTT broker).
+APT_TEST_PACKAGES := prometheus mosquitto
+
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FETCH_FLAGS := $(if $(filter 1,$(GPU)),--gpu,)
 
-.PHONY: setup deps models build run demo test bench check-toolchain
+.PHONY: setup deps test-deps models build run demo test bench check-toolchain
 
 setup: deps models
 
@@ -54,7 +57,18 @@ run: build
 demo: build
 	./target/release/facestream demo
 
-test: setup
+test-deps:
+	@if command -v apt-get >/dev/null; then \
+		missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(APT_TEST_PACKAGES) 2>/dev/null | awk '$$NF=="installed"{print $$1}' | sort | comm -13 - <(printf '%s\n' $(APT_TEST_PACKAGES) | sort)); \
+		if [ -n "$$missing" ]; then \
+			echo "installing test servers: $$missing"; \
+			$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+		fi; \
+	else \
+		for p in prometheus mosquitto; do command -v $$p >/dev/null || { echo "error: the tests need $$p on PATH" >&2; exit 1; }; done; \
+	fi
+
+test: setup test-deps
 	$(CARGO) test --release --locked
 
 bench: setup

@@ -105,14 +105,14 @@ impl EventSink for BroadcastSink {
 /// A running server; dropping it does not stop it, `shutdown` does.
 pub struct Server {
     pub addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
     pub fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -146,16 +146,29 @@ pub fn serve(cfg: &HttpConfig, state: AppState, extra: Option<Router>) -> Result
     if let Some(extra) = extra {
         app = app.merge(extra);
     }
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (tx, rx) = tokio::sync::watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("http-server".into())
         .spawn(move || {
             rt.block_on(async move {
-                let server = axum::serve(listener, app).with_graceful_shutdown(async {
-                    let _ = rx.await;
+                let mut graceful = rx.clone();
+                let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+                    let _ = graceful.wait_for(|stop| *stop).await;
                 });
-                if let Err(e) = server.await {
-                    tracing::error!(error = %e, "HTTP server stopped");
+                // Event-stream clients never hang up by themselves: give the graceful shutdown a
+                // moment, then drop what is still open.
+                let mut hard = rx;
+                let deadline = async move {
+                    let _ = hard.wait_for(|stop| *stop).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                };
+                tokio::select! {
+                    result = server => {
+                        if let Err(e) = result {
+                            tracing::error!(error = %e, "HTTP server stopped");
+                        }
+                    }
+                    _ = deadline => {}
                 }
             });
             rt.shutdown_timeout(std::time::Duration::from_millis(200));
