@@ -3,6 +3,7 @@
 //! Data flows one way: ingest → detect → track → align + embed (one batcher) → identify → events.
 //! Each stage lives in its own module; `infer` is the only module that talks to ONNX Runtime.
 
+pub mod bench;
 pub mod config;
 pub mod detect;
 pub mod draw;

@@ -81,12 +81,46 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         duration: f64,
     },
+    /// End-to-end harness: N cameras from a clip through the real pipeline; prints a table and
+    /// optionally writes JSON. Capacity mode paces in real time; throughput mode runs flat out.
+    Bench {
+        /// capacity (real time, looped, --fps per camera) or throughput (as fast as possible).
+        #[arg(long, value_enum, default_value = "capacity")]
+        mode: BenchMode,
+        /// Camera counts to run, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+        cameras: Vec<usize>,
+        /// Clip each camera plays.
+        #[arg(long, default_value = "tests/fixtures/video_01.mp4")]
+        clip: PathBuf,
+        /// Capacity mode: measured seconds per camera count.
+        #[arg(long, default_value_t = 20.0)]
+        duration: f64,
+        /// Capacity mode: seconds before measuring.
+        #[arg(long, default_value_t = 3.0)]
+        warmup: f64,
+        /// Capacity mode: frames per second each camera delivers.
+        #[arg(long, default_value_t = 10.0)]
+        fps: f32,
+        /// Throughput mode: times each camera plays the clip.
+        #[arg(long, default_value_t = 3)]
+        loops: u32,
+        /// Also write the reports as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Detection and comparison on the bundled fixture photos, with readable output.
     Demo {
         /// Folder with the fixture photos.
         #[arg(long, default_value = "tests/fixtures")]
         fixtures: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchMode {
+    Capacity,
+    Throughput,
 }
 
 fn main() -> ExitCode {
@@ -132,6 +166,36 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cmd_eval(&cfg, &identities, json.as_deref())
         }
         Command::Demo { fixtures } => cmd_demo(&cfg, &fixtures),
+        Command::Bench { mode, cameras, clip, duration, warmup, fps, loops, json } => {
+            let opts = facestream::bench::BenchOptions {
+                mode: match mode {
+                    BenchMode::Capacity => facestream::bench::Mode::Capacity,
+                    BenchMode::Throughput => facestream::bench::Mode::Throughput,
+                },
+                cameras,
+                clip,
+                duration,
+                warmup,
+                fps,
+                loops,
+            };
+            eprintln!("benchmark: {:?} mode, cameras {:?}, clip {}", opts.mode, opts.cameras, opts.clip.display());
+            let reports = facestream::bench::run(&cfg, &opts, |r| {
+                eprintln!("  {} camera(s): {:.1} frames/s, {:.2}% dropped, p99 capture-to-embedding {:.0} ms", r.cameras, r.frames_per_s, r.drop_pct, r.capture_to_embed.p99_ms)
+            })?;
+            print!("{}", facestream::bench::table(&reports));
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_string_pretty(&reports)?).with_context(|| format!("{}: cannot write", p.display()))?;
+            }
+            if opts.mode == facestream::bench::Mode::Capacity {
+                let best = reports.iter().filter(|r| r.holds).map(|r| r.cameras).max();
+                match best {
+                    Some(n) => println!("capacity: {n} camera(s) at {} fps hold (<1% drops, p99 capture-to-embedding < 250 ms)", opts.fps),
+                    None => println!("capacity: no tested camera count holds at {} fps", opts.fps),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run { duration } => {
             let file = cli.global.config.clone().unwrap_or_else(|| PathBuf::from("<embedded config/default.toml>"));
             cmd_run(&cfg, &file, duration)

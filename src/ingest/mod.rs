@@ -146,7 +146,7 @@ pub fn launch_line(kind: &SourceKind, cam: &CameraConfig) -> Result<String, Stri
     // files played as fast as possible block so that every frame is processed.
     let (sync, max_buffers, drop) = match (live, cam.realtime) {
         (true, _) => (false, 1, true),
-        (false, true) => (true, 2, false),
+        (false, true) => (true, 1, true),
         (false, false) => (false, 2, false),
     };
     let tail = fill(TEMPLATE_TAIL, &[("sync", sync.to_string()), ("max_buffers", max_buffers.to_string()), ("drop", drop.to_string())]);
@@ -157,7 +157,9 @@ pub fn launch_line(kind: &SourceKind, cam: &CameraConfig) -> Result<String, Stri
 /// their when-full policies) and by tests.
 pub trait FrameSink: Send + Sync {
     /// Hands over a frame; returns false when the pipeline is shutting down.
-    fn frame(&self, frame: Frame, live: bool) -> bool;
+    /// `keep_newest`: drop the oldest queued frame when full (live sources and files played in
+    /// real time); otherwise wait (files played as fast as possible lose nothing).
+    fn frame(&self, frame: Frame, keep_newest: bool) -> bool;
     fn notice(&self, notice: CameraNotice);
     /// Frames skipped by the fps cap.
     fn skipped(&self, _camera: &str) {}
@@ -212,7 +214,10 @@ pub fn run_camera(cam: CameraConfig, base: &Path, sink: Arc<dyn FrameSink>, stat
         set_state(CameraState::Connecting, None);
         tracing::info!(camera = %camera, pipeline = %line, "starting pipeline");
         let mut got_frames = false;
-        let end = run_pipeline(&camera, &line, live, min_interval, &sink, &status, &stop, &mut seq, &mut got_frames, &set_state);
+        // A file played in real time stands in for a camera, so it is treated like one: when the
+        // pipeline falls behind, the oldest frame goes (counted) instead of the file slowing down.
+        let keep_newest = live || cam.realtime;
+        let end = run_pipeline(&camera, &line, keep_newest, min_interval, &sink, &status, &stop, &mut seq, &mut got_frames, &set_state);
         match end {
             RunEnd::Stopped => {
                 set_state(CameraState::Stopped, None);
@@ -453,5 +458,8 @@ mod tests {
         file.realtime = false;
         let l = launch_line(&file.source(base).unwrap(), &file).unwrap();
         assert!(l.contains("sync=false max-buffers=2 drop=false") && l.contains("uridecodebin"), "{l}");
+        file.realtime = true;
+        let l = launch_line(&file.source(base).unwrap(), &file).unwrap();
+        assert!(l.contains("sync=true max-buffers=1 drop=true"), "{l}");
     }
 }

@@ -23,6 +23,8 @@ pub const QUEUE_DEPTH: &str = "facestream_queue_depth";
 pub const GALLERY_SIZE: &str = "facestream_gallery_persons";
 pub const STAGE_SECONDS: &str = "facestream_stage_duration_seconds";
 pub const CAPTURE_TO_EVENT_SECONDS: &str = "facestream_capture_to_event_seconds";
+pub const CAPTURE_TO_DETECT_SECONDS: &str = "facestream_capture_to_detect_seconds";
+pub const CAPTURE_TO_EMBED_SECONDS: &str = "facestream_capture_to_embed_seconds";
 pub const BATCH_SIZE: &str = "facestream_embed_batch_size";
 pub const BUILD_INFO: &str = "facestream_build_info";
 
@@ -45,6 +47,8 @@ pub struct Metrics {
     pub gallery_size: IntGauge,
     pub stage_seconds: HistogramVec,
     pub capture_to_event: HistogramVec,
+    pub capture_to_detect: Histogram,
+    pub capture_to_embed: Histogram,
     pub batch_size: Histogram,
     pub build_info: IntGaugeVec,
 }
@@ -61,7 +65,9 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     g
 }
 
-const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0,
+];
 
 impl Metrics {
     fn new() -> Self {
@@ -83,6 +89,13 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(batch_size.clone())).expect("unique metric");
+        let hist = |name: &str, help: &str| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())).expect("valid metric");
+            r.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
+        let capture_to_detect = hist(CAPTURE_TO_DETECT_SECONDS, "From frame capture to the end of its detection (queueing included)");
+        let capture_to_embed = hist(CAPTURE_TO_EMBED_SECONDS, "From frame capture to the embedding of a face from it (batching included)");
         let gallery_size = IntGauge::new(GALLERY_SIZE, "Persons in the gallery").expect("valid metric");
         r.register(Box::new(gallery_size.clone())).expect("unique metric");
         Self {
@@ -103,6 +116,8 @@ impl Metrics {
             gallery_size,
             stage_seconds,
             capture_to_event,
+            capture_to_detect,
+            capture_to_embed,
             batch_size,
             build_info: gauge(&r, BUILD_INFO, "Build and runtime facts", &["version", "detector", "embedder", "provider"]),
             registry: r,

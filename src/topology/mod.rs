@@ -310,11 +310,11 @@ impl CameraQueue {
 }
 
 impl FrameSink for CameraQueue {
-    fn frame(&self, frame: Frame, live: bool) -> bool {
+    fn frame(&self, frame: Frame, keep_newest: bool) -> bool {
         let m = metrics();
         m.frames_received.with_label_values(&[&self.camera]).inc();
         let mut msg = FrameMsg::Frame(frame);
-        if live {
+        if keep_newest {
             loop {
                 match self.tx.try_send(msg) {
                     Ok(()) => break,
@@ -411,6 +411,7 @@ fn detect_worker(det: &mut Mtcnn, mut rxs: Vec<Receiver<FrameMsg>>, tx: Sender<T
                     }
                 };
                 m.stage_seconds.with_label_values(&["detect"]).observe(started.elapsed().as_secs_f64());
+                m.capture_to_detect.observe(frame.captured_instant.elapsed().as_secs_f64());
                 m.faces_detected.with_label_values(&[&frame.camera]).inc_by(faces.len() as u64);
                 TrackMsg::Detected { frame, faces }
             }
@@ -607,6 +608,7 @@ fn embed_worker(emb: &mut Embedder, rx: Receiver<Vec<EmbedRequest>>, tx: Sender<
         m.stage_seconds.with_label_values(&["identify"]).observe(started.elapsed().as_secs_f64());
         for (r, matches) in batch.into_iter().zip(outcomes) {
             m.embeddings.with_label_values(&[&r.camera]).inc();
+            m.capture_to_embed.observe(r.captured_instant.elapsed().as_secs_f64());
             let msg = VoteMsg::Result { camera: r.camera, track: r.track, matches, threshold, bbox: r.bbox, captured_instant: r.captured_instant };
             if tx.send(msg).is_err() {
                 return;

@@ -1,0 +1,387 @@
+//! The end-to-end harness behind `facestream bench`: plays N cameras from a clip through the real
+//! pipeline, either paced in real time (capacity mode: does the machine keep up?) or as fast as
+//! possible (throughput mode), and reports frames/s, faces/s, drops by reason, latency percentiles
+//! from capture to detection, to embedding and to the identity event, batch sizes, CPU and peak RSS.
+//!
+//! Figures come from the pipeline's own Prometheus metrics (deltas between two snapshots), so the
+//! harness measures exactly what an operator's dashboard shows.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::gallery::Gallery;
+use crate::ingest::CameraConfig;
+use crate::photo::{Analyzer, enroll_photos};
+use crate::telemetry::{self, metrics};
+use crate::topology;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Capacity,
+    Throughput,
+}
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub mode: Mode,
+    pub cameras: Vec<usize>,
+    pub clip: PathBuf,
+    /// Capacity mode: seconds measured per camera count (after `warmup`).
+    pub duration: f64,
+    pub warmup: f64,
+    /// Capacity mode: frames per second each camera delivers for processing.
+    pub fps: f32,
+    /// Throughput mode: times each camera plays the clip.
+    pub loops: u32,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub samples: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub mode: Mode,
+    pub cameras: usize,
+    pub wall_s: f64,
+    pub frames_received: u64,
+    pub frames_processed: u64,
+    pub frames_per_s: f64,
+    pub frames_per_s_per_camera: f64,
+    pub faces_detected: u64,
+    pub faces_per_s: f64,
+    pub embeddings: u64,
+    pub dropped_queue_full: u64,
+    pub dropped_stale: u64,
+    pub dropped_embed_requests: u64,
+    /// (queue_full + stale) / received, in percent.
+    pub drop_pct: f64,
+    pub capture_to_detect: Percentiles,
+    pub capture_to_embed: Percentiles,
+    pub capture_to_event: Percentiles,
+    pub batch_mean: f64,
+    pub batches: u64,
+    pub identifications_known: u64,
+    pub identifications_unknown: u64,
+    /// CPU time over wall time, in percent of one core (200% = both vCPUs busy).
+    pub cpu_pct: f64,
+    pub peak_rss_mb: f64,
+    /// Capacity mode: under 1% drops and p99 capture-to-embedding under 250 ms.
+    pub holds: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Topology(#[from] topology::TopologyError),
+    #[error(transparent)]
+    Photo(#[from] crate::photo::PhotoError),
+    #[error(transparent)]
+    Enroll(#[from] crate::photo::EnrollError),
+    #[error(transparent)]
+    Gallery(#[from] crate::gallery::GalleryError),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Sums of counters and merged histogram buckets, read from the registry.
+#[derive(Clone, Debug, Default)]
+struct Snapshot {
+    counters: Vec<(String, Vec<(String, String)>, f64)>,
+    hists: Vec<(String, Vec<(f64, u64)>, f64, u64)>,
+}
+
+fn snapshot() -> Snapshot {
+    let mut s = Snapshot::default();
+    for fam in metrics().registry.gather() {
+        let name = fam.name().to_string();
+        let kind = fam.get_field_type();
+        for m in fam.get_metric() {
+            let labels: Vec<(String, String)> = m.get_label().iter().map(|l| (l.name().to_string(), l.value().to_string())).collect();
+            if kind == prometheus::proto::MetricType::COUNTER {
+                s.counters.push((name.clone(), labels.clone(), m.get_counter().get_value()));
+            }
+            if kind == prometheus::proto::MetricType::HISTOGRAM {
+                let h = m.get_histogram();
+                let buckets = h.get_bucket().iter().map(|b| (b.upper_bound(), b.cumulative_count())).collect();
+                s.hists.push((name.clone(), buckets, h.get_sample_sum(), h.get_sample_count()));
+            }
+        }
+    }
+    s
+}
+
+impl Snapshot {
+    fn counter(&self, name: &str, label: Option<(&str, &str)>) -> f64 {
+        self.counters
+            .iter()
+            .filter(|(n, labels, _)| n == name && label.is_none_or(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v)))
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+
+    /// Buckets merged over every label set: (upper bound, cumulative count), sum, count.
+    fn hist(&self, name: &str) -> (Vec<(f64, u64)>, f64, u64) {
+        let mut merged: Vec<(f64, u64)> = Vec::new();
+        let (mut sum, mut count) = (0.0, 0);
+        for (n, buckets, s, c) in &self.hists {
+            if n != name {
+                continue;
+            }
+            if merged.is_empty() {
+                merged = buckets.clone();
+            } else {
+                for (m, b) in merged.iter_mut().zip(buckets) {
+                    m.1 += b.1;
+                }
+            }
+            sum += s;
+            count += c;
+        }
+        (merged, sum, count)
+    }
+}
+
+fn delta_hist(before: &Snapshot, after: &Snapshot, name: &str) -> (Vec<(f64, u64)>, f64, u64) {
+    let (b, bs, bc) = before.hist(name);
+    let (a, as_, ac) = after.hist(name);
+    let buckets = a.iter().enumerate().map(|(i, (ub, c))| (*ub, c - b.get(i).map(|x| x.1).unwrap_or(0))).collect();
+    (buckets, as_ - bs, ac - bc)
+}
+
+/// Quantile by linear interpolation inside the bucket (as Prometheus' histogram_quantile).
+fn quantile(buckets: &[(f64, u64)], count: u64, q: f64) -> f64 {
+    if count == 0 {
+        return 0.0;
+    }
+    let rank = q * count as f64;
+    let mut prev_ub = 0.0;
+    let mut prev_c = 0u64;
+    for &(ub, c) in buckets {
+        if c as f64 >= rank {
+            let in_bucket = (c - prev_c) as f64;
+            let frac = if in_bucket > 0.0 { (rank - prev_c as f64) / in_bucket } else { 0.0 };
+            return prev_ub + (ub - prev_ub) * frac;
+        }
+        prev_ub = ub;
+        prev_c = c;
+    }
+    // Past the last finite bucket: report its bound (a lower bound of the truth).
+    prev_ub
+}
+
+fn percentiles(before: &Snapshot, after: &Snapshot, name: &str) -> Percentiles {
+    let (b, _, c) = delta_hist(before, after, name);
+    Percentiles {
+        samples: c,
+        p50_ms: quantile(&b, c, 0.50) * 1e3,
+        p95_ms: quantile(&b, c, 0.95) * 1e3,
+        p99_ms: quantile(&b, c, 0.99) * 1e3,
+    }
+}
+
+/// CPU seconds used by this process so far (user + system).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields after the command name start at field 3 (state); utime is 14, stime 15.
+    let ticks = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(14) + ticks(15)) / hz.max(1.0)
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn reset_peak_rss() {
+    // Linux: writing 5 resets the peak resident set size of the process.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Runs every requested camera count; `base` supplies the models, gallery and stage settings.
+pub fn run(base: &Config, opts: &BenchOptions, mut progress: impl FnMut(&RunReport)) -> Result<Vec<RunReport>, BenchError> {
+    if !opts.clip.is_file() {
+        return Err(BenchError::Config(format!("clip {} does not exist", opts.clip.display())));
+    }
+    let mut gallery = Gallery::new();
+    {
+        let mut a = Analyzer::new(base)?;
+        let photos = base.gallery.photos(&base.base_dir)?;
+        enroll_photos(&mut a, &photos, &mut gallery)?;
+    }
+    let gallery = Arc::new(RwLock::new(gallery));
+    let mut reports = Vec::new();
+    for &n in &opts.cameras {
+        let mut cfg = base.clone();
+        cfg.events.stdout = false;
+        cfg.events.file = None;
+        cfg.events.webhook = None;
+        cfg.events.mqtt = None;
+        cfg.cameras = (1..=n)
+            .map(|i| {
+                let mut c: CameraConfig = toml::from_str(&format!("id = \"bench{i}\"\nurl = \"{}\"\n", opts.clip.display())).expect("camera");
+                match opts.mode {
+                    Mode::Capacity => {
+                        c.realtime = true;
+                        c.loop_file = true;
+                        c.max_fps = opts.fps;
+                    }
+                    Mode::Throughput => {
+                        c.realtime = false;
+                        c.loop_file = false;
+                        c.max_fps = 0.0;
+                    }
+                }
+                c
+            })
+            .collect();
+        let loops = if opts.mode == Mode::Throughput { opts.loops.max(1) } else { 1 };
+        let mut before = None;
+        let mut cpu0 = 0.0;
+        let mut t0 = Instant::now();
+        for round in 0..loops {
+            let running = topology::start(&cfg, gallery.clone(), Vec::new())?;
+            if round == 0 {
+                if opts.mode == Mode::Capacity {
+                    std::thread::sleep(Duration::from_secs_f64(opts.warmup));
+                }
+                reset_peak_rss();
+                before = Some(snapshot());
+                cpu0 = cpu_seconds();
+                t0 = Instant::now();
+            }
+            match opts.mode {
+                Mode::Capacity => {
+                    std::thread::sleep(Duration::from_secs_f64(opts.duration));
+                }
+                Mode::Throughput => {
+                    while !running.is_finished() {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+            if opts.mode == Mode::Capacity {
+                let after = snapshot();
+                let wall = t0.elapsed().as_secs_f64();
+                let cpu = cpu_seconds() - cpu0;
+                running.stop();
+                running.join();
+                reports.push(report(opts.mode, n, before.as_ref().expect("snapshot"), &after, wall, cpu));
+            } else {
+                running.join();
+            }
+        }
+        if opts.mode == Mode::Throughput {
+            let after = snapshot();
+            let wall = t0.elapsed().as_secs_f64();
+            reports.push(report(opts.mode, n, before.as_ref().expect("snapshot"), &after, wall, cpu_seconds() - cpu0));
+        }
+        if let Some(r) = reports.last() {
+            progress(r);
+        }
+    }
+    Ok(reports)
+}
+
+fn report(mode: Mode, n: usize, b: &Snapshot, a: &Snapshot, wall: f64, cpu: f64) -> RunReport {
+    let d = |name: &str, label: Option<(&str, &str)>| (a.counter(name, label) - b.counter(name, label)).max(0.0) as u64;
+    let received = d(telemetry::FRAMES_RECEIVED, None);
+    let processed = d(telemetry::FRAMES_PROCESSED, None);
+    let queue_full = d(telemetry::FRAMES_DROPPED, Some(("reason", "queue_full")));
+    let stale = d(telemetry::FRAMES_DROPPED, Some(("reason", "stale")));
+    let faces = d(telemetry::FACES_DETECTED, None);
+    let (_, bsum, bcount) = delta_hist(b, a, telemetry::BATCH_SIZE);
+    let capture_to_embed = percentiles(b, a, telemetry::CAPTURE_TO_EMBED_SECONDS);
+    let drop_pct = if received > 0 { (queue_full + stale) as f64 * 100.0 / received as f64 } else { 0.0 };
+    RunReport {
+        mode,
+        cameras: n,
+        wall_s: wall,
+        frames_received: received,
+        frames_processed: processed,
+        frames_per_s: processed as f64 / wall,
+        frames_per_s_per_camera: processed as f64 / wall / n as f64,
+        faces_detected: faces,
+        faces_per_s: faces as f64 / wall,
+        embeddings: d(telemetry::EMBEDDINGS, None),
+        dropped_queue_full: queue_full,
+        dropped_stale: stale,
+        dropped_embed_requests: d(telemetry::EMBED_REQUESTS_DROPPED, None),
+        drop_pct,
+        capture_to_detect: percentiles(b, a, telemetry::CAPTURE_TO_DETECT_SECONDS),
+        holds: drop_pct < 1.0 && capture_to_embed.p99_ms < 250.0,
+        capture_to_embed,
+        capture_to_event: percentiles(b, a, telemetry::CAPTURE_TO_EVENT_SECONDS),
+        batch_mean: if bcount > 0 { bsum / bcount as f64 } else { 0.0 },
+        batches: bcount,
+        identifications_known: d(telemetry::IDENTIFICATIONS, Some(("outcome", "known"))),
+        identifications_unknown: d(telemetry::IDENTIFICATIONS, Some(("outcome", "unknown"))),
+        cpu_pct: cpu * 100.0 / wall,
+        peak_rss_mb: peak_rss_mb(),
+    }
+}
+
+/// The terminal table.
+pub fn table(reports: &[RunReport]) -> String {
+    let mut s = String::from(
+        "mode        cams  frames/s  per-cam  faces/s  drop%   det p50/p99 ms   emb p50/p99 ms   event p50/p99 ms  batch  CPU%   RSS MB  holds\n",
+    );
+    for r in reports {
+        s.push_str(&format!(
+            "{:<11} {:>4}  {:>8.1}  {:>7.1}  {:>7.1}  {:>5.2}  {:>6.1}/{:<7.1}  {:>6.1}/{:<7.1}  {:>7.1}/{:<7.1}  {:>5.2}  {:>5.0}  {:>6.0}  {}\n",
+            format!("{:?}", r.mode).to_lowercase(),
+            r.cameras,
+            r.frames_per_s,
+            r.frames_per_s_per_camera,
+            r.faces_per_s,
+            r.drop_pct,
+            r.capture_to_detect.p50_ms,
+            r.capture_to_detect.p99_ms,
+            r.capture_to_embed.p50_ms,
+            r.capture_to_embed.p99_ms,
+            r.capture_to_event.p50_ms,
+            r.capture_to_event.p99_ms,
+            r.batch_mean,
+            r.cpu_pct,
+            r.peak_rss_mb,
+            if r.mode == Mode::Capacity { if r.holds { "yes" } else { "no" } } else { "-" },
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantile_interpolates_inside_buckets() {
+        // 10 samples: 5 in (0, 0.01], 5 in (0.01, 0.02].
+        let b = vec![(0.01, 5), (0.02, 10), (f64::INFINITY, 10)];
+        assert!((quantile(&b, 10, 0.5) - 0.01).abs() < 1e-12);
+        assert!((quantile(&b, 10, 0.75) - 0.015).abs() < 1e-12);
+        assert_eq!(quantile(&b, 0, 0.5), 0.0);
+    }
+
+    #[test]
+    fn process_figures_are_readable() {
+        assert!(cpu_seconds() >= 0.0);
+        assert!(peak_rss_mb() > 0.0);
+    }
+}
