@@ -61,9 +61,8 @@ pub struct RunReport {
     pub faces_per_s: f64,
     pub embeddings: u64,
     pub dropped_queue_full: u64,
-    pub dropped_stale: u64,
     pub dropped_embed_requests: u64,
-    /// (queue_full + stale) / received, in percent.
+    /// Frames dropped because the pipeline was behind / frames received, in percent.
     pub drop_pct: f64,
     pub capture_to_detect: Percentiles,
     pub capture_to_embed: Percentiles,
@@ -304,11 +303,10 @@ fn report(mode: Mode, n: usize, b: &Snapshot, a: &Snapshot, wall: f64, cpu: f64)
     let received = d(telemetry::FRAMES_RECEIVED, None);
     let processed = d(telemetry::FRAMES_PROCESSED, None);
     let queue_full = d(telemetry::FRAMES_DROPPED, Some(("reason", "queue_full")));
-    let stale = d(telemetry::FRAMES_DROPPED, Some(("reason", "stale")));
     let faces = d(telemetry::FACES_DETECTED, None);
     let (_, bsum, bcount) = delta_hist(b, a, telemetry::BATCH_SIZE);
     let capture_to_embed = percentiles(b, a, telemetry::CAPTURE_TO_EMBED_SECONDS);
-    let drop_pct = if received > 0 { (queue_full + stale) as f64 * 100.0 / received as f64 } else { 0.0 };
+    let drop_pct = if received > 0 { queue_full as f64 * 100.0 / received as f64 } else { 0.0 };
     RunReport {
         mode,
         cameras: n,
@@ -321,7 +319,6 @@ fn report(mode: Mode, n: usize, b: &Snapshot, a: &Snapshot, wall: f64, cpu: f64)
         faces_per_s: faces as f64 / wall,
         embeddings: d(telemetry::EMBEDDINGS, None),
         dropped_queue_full: queue_full,
-        dropped_stale: stale,
         dropped_embed_requests: d(telemetry::EMBED_REQUESTS_DROPPED, None),
         drop_pct,
         capture_to_detect: percentiles(b, a, telemetry::CAPTURE_TO_DETECT_SECONDS),

@@ -25,8 +25,8 @@ pub struct RgbImage {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("{path}: cannot open: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
+    #[error("{path}: cannot open: {error}")]
+    Open { path: PathBuf, error: std::io::Error },
     #[error("{path}: not a readable image ({reason}); supported formats: JPEG, PNG, TIFF, GIF, WebP, BMP")]
     Decode { path: PathBuf, reason: String },
     #[error("{path}: image is empty ({width}x{height})")]
@@ -72,7 +72,7 @@ impl RgbImage {
 
 /// Decodes an image file, refusing oversized, empty or truncated images and applying its EXIF orientation.
 pub fn load(path: &Path) -> Result<RgbImage, ImageError> {
-    let bytes = std::fs::read(path).map_err(|source| ImageError::Open { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|error| ImageError::Open { path: path.to_path_buf(), error })?;
     decode(&bytes, path)
 }
 
@@ -83,7 +83,7 @@ pub fn decode(bytes: &[u8], name: &Path) -> Result<RgbImage, ImageError> {
     let reader = || {
         ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
-            .map_err(|source| ImageError::Open { path: path.to_path_buf(), source })
+            .map_err(|error| ImageError::Open { path: path.to_path_buf(), error })
     };
     let format = reader()?.format().ok_or_else(|| decode_err("unknown format".into()))?;
     // Lenient decoders fill a cut-off JPEG with grey and report success; a face found in
@@ -134,7 +134,7 @@ fn classify(path: &Path, e: image::ImageError) -> ImageError {
             // The decoder refused before telling us the size; report what we know.
             ImageError::OverLimit { path: path.to_path_buf(), reason: e.to_string() }
         }
-        image::ImageError::IoError(source) => ImageError::Open { path: path.to_path_buf(), source },
+        image::ImageError::IoError(error) => ImageError::Open { path: path.to_path_buf(), error },
         other => ImageError::Decode { path: path.to_path_buf(), reason: other.to_string() },
     }
 }

@@ -124,21 +124,21 @@ struct Rotation {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: cannot open event file: {source}")]
+#[error("{path}: cannot open event file: {error}")]
 pub struct SinkError {
     pub path: PathBuf,
-    pub source: std::io::Error,
+    pub error: std::io::Error,
 }
 
 fn open_append(path: &Path) -> Result<(std::fs::File, u64), SinkError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| SinkError { path: path.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|error| SinkError { path: path.to_path_buf(), error })?;
     }
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|source| SinkError { path: path.to_path_buf(), source })?;
+        .map_err(|error| SinkError { path: path.to_path_buf(), error })?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     Ok((f, len))
 }
@@ -174,7 +174,7 @@ impl JsonLines {
                     let _ = std::fs::rename(numbered(n), numbered(n + 1));
                 }
                 std::fs::rename(&r.path, numbered(1))?;
-                let (f, _) = open_append(&r.path).map_err(|e| e.source)?;
+                let (f, _) = open_append(&r.path).map_err(|e| e.error)?;
                 self.out = Box::new(f);
                 r.written = 0;
             }

@@ -52,8 +52,8 @@ impl HttpConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    #[error("cannot listen on {addr}: {error}")]
+    Bind { addr: String, error: std::io::Error },
     #[error("HTTP runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -140,7 +140,7 @@ pub fn serve(cfg: &HttpConfig, state: AppState, extra: Option<Router>) -> Result
         .map_err(HttpError::Runtime)?;
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(&cfg.bind))
-        .map_err(|source| HttpError::Bind { addr: cfg.bind.clone(), source })?;
+        .map_err(|error| HttpError::Bind { addr: cfg.bind.clone(), error })?;
     let addr = listener.local_addr().map_err(HttpError::Runtime)?;
     let mut app = router(state);
     if let Some(extra) = extra {

@@ -101,7 +101,7 @@ impl Metrics {
         Self {
             frames_received: counter(&r, FRAMES_RECEIVED, "Frames delivered by the camera's pipeline (after the fps cap)", &["camera"]),
             frames_processed: counter(&r, FRAMES_PROCESSED, "Frames that went through detection and tracking", &["camera"]),
-            frames_dropped: counter(&r, FRAMES_DROPPED, "Frames dropped, by reason (queue_full, fps_cap, stale)", &["camera", "reason"]),
+            frames_dropped: counter(&r, FRAMES_DROPPED, "Frames not processed, by reason (queue_full: the pipeline was behind; fps_cap: skipped by max_fps)", &["camera", "reason"]),
             faces_detected: counter(&r, FACES_DETECTED, "Faces found by the detector", &["camera"]),
             tracks_started: counter(&r, TRACKS_STARTED, "Confirmed face tracks", &["camera"]),
             embeddings: counter(&r, EMBEDDINGS, "Faces embedded", &["camera"]),

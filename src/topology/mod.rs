@@ -82,13 +82,23 @@ impl EventSink for ChannelSink {
 
 enum FrameMsg {
     Frame(Frame),
-    /// The camera will send nothing more; `frames` is how many frames it queued in all.
-    End { camera: Arc<str>, frames: u64 },
+    /// The camera broke off or ended: its tracks end once the frames before this are tracked.
+    End { camera: Arc<str> },
 }
 
+/// `ticket` numbers a camera's messages in the order they left its queue, so the tracker can
+/// restore that order after several detection workers finished them out of order.
 enum TrackMsg {
-    Detected { frame: Frame, faces: Vec<Face> },
-    End { camera: Arc<str>, frames: u64 },
+    Detected { frame: Frame, faces: Vec<Face>, ticket: u64 },
+    End { camera: Arc<str>, ticket: u64 },
+}
+
+/// One camera's queue as the detection workers see it: the lock makes "take a message and number
+/// it" one step, so tickets follow queue order exactly.
+struct CameraInput {
+    camera: Arc<str>,
+    rx: Receiver<FrameMsg>,
+    next_ticket: Mutex<u64>,
 }
 
 struct EmbedRequest {
@@ -193,7 +203,7 @@ pub fn start(cfg: &Config, gallery: SharedGallery, mut extra_sinks: Vec<Box<dyn 
         let id = cam.id.as_str();
         m.frames_received.with_label_values(&[id]);
         m.frames_processed.with_label_values(&[id]);
-        for reason in ["queue_full", "fps_cap", "stale"] {
+        for reason in ["queue_full", "fps_cap"] {
             m.frames_dropped.with_label_values(&[id, reason]);
         }
         m.faces_detected.with_label_values(&[id]);
@@ -226,12 +236,12 @@ pub fn start(cfg: &Config, gallery: SharedGallery, mut extra_sinks: Vec<Box<dyn 
     let (vote_tx, vote_rx) = bounded::<VoteMsg>(1024);
 
     // Cameras, each with its own queue.
-    let mut cam_rxs = Vec::new();
+    let mut inputs = Vec::new();
     let mut statuses = Vec::new();
     let mut min_faces = HashMap::new();
     for (i, cam) in cams.iter().enumerate() {
         let (tx, rx) = bounded::<FrameMsg>(cfg.pipeline.camera_queue);
-        cam_rxs.push(rx.clone());
+        inputs.push(CameraInput { camera: Arc::from(cam.id.as_str()), rx: rx.clone(), next_ticket: Mutex::new(0) });
         min_faces.insert(Arc::<str>::from(cam.id.as_str()), cam.min_face.unwrap_or(cfg.detect.min_face));
         let status = Arc::new(Mutex::new(CameraStatus {
             id: cam.id.clone(),
@@ -248,7 +258,6 @@ pub fn start(cfg: &Config, gallery: SharedGallery, mut extra_sinks: Vec<Box<dyn 
             tx,
             rx,
             stop: stop.clone(),
-            queued: Mutex::new(0),
             notices: vote_tx.clone(),
             last_state: Mutex::new(None),
         });
@@ -262,11 +271,12 @@ pub fn start(cfg: &Config, gallery: SharedGallery, mut extra_sinks: Vec<Box<dyn 
 
     // Detection workers select over every camera queue (random among ready ones: fair).
     let min_faces = Arc::new(min_faces);
+    let inputs = Arc::new(inputs);
     for (w, mut det) in detectors.into_iter().enumerate() {
-        let (rxs, tx, min_faces) = (cam_rxs.clone(), track_tx.clone(), min_faces.clone());
-        spawn(&mut threads, format!("detect-{w}"), move || detect_worker(&mut det, rxs, tx, &min_faces))?;
+        let (inputs, tx, min_faces) = (inputs.clone(), track_tx.clone(), min_faces.clone());
+        spawn(&mut threads, format!("detect-{w}"), move || detect_worker(&mut det, &inputs, tx, &min_faces))?;
     }
-    drop(cam_rxs);
+    drop(inputs);
     drop(track_tx);
 
     {
@@ -296,16 +306,14 @@ struct CameraQueue {
     tx: Sender<FrameMsg>,
     rx: Receiver<FrameMsg>,
     stop: Arc<AtomicBool>,
-    queued: Mutex<u64>,
     notices: Sender<VoteMsg>,
     last_state: Mutex<Option<CameraState>>,
 }
 
 impl CameraQueue {
     fn end(&self) {
-        let frames = self.queued.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or(0);
         // Blocking: the end marker must never be lost, and the detectors are draining.
-        let _ = self.tx.send(FrameMsg::End { camera: self.camera.clone(), frames });
+        let _ = self.tx.send(FrameMsg::End { camera: self.camera.clone() });
     }
 }
 
@@ -320,11 +328,13 @@ impl FrameSink for CameraQueue {
                     Ok(()) => break,
                     Err(TrySendError::Full(back)) => {
                         // Keep the newest: the oldest waiting frame of this camera goes.
-                        if let Ok(FrameMsg::Frame(_)) = self.rx.try_recv() {
-                            m.frames_dropped.with_label_values(&[&self.camera, "queue_full"]).inc();
-                            if let Ok(mut q) = self.queued.lock() {
-                                *q = q.saturating_sub(1);
+                        match self.rx.try_recv() {
+                            Ok(FrameMsg::Frame(_)) => m.frames_dropped.with_label_values(&[&self.camera, "queue_full"]).inc(),
+                            // An end marker is never dropped: put it back first in line.
+                            Ok(end @ FrameMsg::End { .. }) => {
+                                let _ = self.tx.send(end);
                             }
+                            Err(_) => {}
                         }
                         msg = back;
                     }
@@ -344,9 +354,6 @@ impl FrameSink for CameraQueue {
                     Err(SendTimeoutError::Disconnected(_)) => return false,
                 }
             }
-        }
-        if let Ok(mut q) = self.queued.lock() {
-            *q += 1;
         }
         true
     }
@@ -380,40 +387,51 @@ impl FrameSink for CameraQueue {
     }
 }
 
-fn detect_worker(det: &mut Mtcnn, mut rxs: Vec<Receiver<FrameMsg>>, tx: Sender<TrackMsg>, min_faces: &HashMap<Arc<str>, f32>) {
+fn detect_worker(det: &mut Mtcnn, inputs: &[CameraInput], tx: Sender<TrackMsg>, min_faces: &HashMap<Arc<str>, f32>) {
     let m = metrics();
     let default_min = det.config().min_face;
-    while !rxs.is_empty() {
+    let mut alive: Vec<usize> = (0..inputs.len()).collect();
+    while !alive.is_empty() {
         let mut sel = Select::new();
-        for rx in &rxs {
-            sel.recv(rx);
+        for &i in &alive {
+            sel.recv(&inputs[i].rx);
         }
-        let op = sel.select();
-        let i = op.index();
-        let msg = match op.recv(&rxs[i]) {
-            Ok(msg) => msg,
-            Err(_) => {
+        // Ready among the cameras is picked at random: no camera starves the others.
+        let k = sel.ready();
+        let input = &inputs[alive[k]];
+        let (msg, ticket) = {
+            let mut next = input.next_ticket.lock().unwrap_or_else(|p| p.into_inner());
+            match input.rx.try_recv() {
+                Ok(msg) => {
+                    let t = *next;
+                    *next += 1;
+                    (msg, t)
+                }
+                // Another worker took it first.
+                Err(crossbeam_channel::TryRecvError::Empty) => continue,
                 // The camera thread is gone and its queue is drained.
-                rxs.swap_remove(i);
-                continue;
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    alive.swap_remove(k);
+                    continue;
+                }
             }
         };
         let out = match msg {
-            FrameMsg::End { camera, frames } => TrackMsg::End { camera, frames },
+            FrameMsg::End { camera } => TrackMsg::End { camera, ticket },
             FrameMsg::Frame(frame) => {
                 let started = Instant::now();
                 let min_face = min_faces.get(&frame.camera).copied().unwrap_or(default_min);
                 let faces = match det.detect_with_min_face(&frame.image, min_face) {
                     Ok(f) => f,
                     Err(e) => {
-                        tracing::warn!(camera = %frame.camera, seq = frame.seq, error = %e, "detection failed on a frame");
+                        tracing::warn!(camera = %input.camera, seq = frame.seq, error = %e, "detection failed on a frame");
                         Vec::new()
                     }
                 };
                 m.stage_seconds.with_label_values(&["detect"]).observe(started.elapsed().as_secs_f64());
                 m.capture_to_detect.observe(frame.captured_instant.elapsed().as_secs_f64());
                 m.faces_detected.with_label_values(&[&frame.camera]).inc_by(faces.len() as u64);
-                TrackMsg::Detected { frame, faces }
+                TrackMsg::Detected { frame, faces, ticket }
             }
         };
         m.queue_depth.with_label_values(&["track"]).set(tx.len() as i64);
@@ -436,109 +454,41 @@ struct TrackInfo {
 struct CameraTracks {
     tracker: Tracker,
     info: HashMap<u64, TrackInfo>,
-    last_seq: Option<u64>,
-    arrived: u64,
-    expected: Option<u64>,
+    /// Next ticket to track, and messages that arrived ahead of it.
+    next_ticket: u64,
+    pending: std::collections::BTreeMap<u64, TrackMsg>,
 }
 
 fn track_stage(cfg: TrackConfig, rx: Receiver<TrackMsg>, embed_tx: Sender<EmbedRequest>, vote_tx: Sender<VoteMsg>) {
-    let m = metrics();
     let mut cams: HashMap<Arc<str>, CameraTracks> = HashMap::new();
-    let refresh = Duration::from_secs_f32(cfg.refresh_seconds);
     let mut crop = vec![0u8; CROP_BYTES];
-    let new_cam = |cfg: &TrackConfig| CameraTracks { tracker: Tracker::new(cfg.clone()), info: HashMap::new(), last_seq: None, arrived: 0, expected: None };
-    let end_tracks = |ct: &mut CameraTracks, camera: &Arc<str>, ids: Vec<u64>, vote_tx: &Sender<VoteMsg>| {
-        for id in ids {
-            if let Some(info) = ct.info.remove(&id) {
-                let _ = vote_tx.send(VoteMsg::Ended {
-                    camera: camera.clone(),
-                    track: id,
-                    first_seen: info.first_seen,
-                    last_seen: info.last_seen,
-                    frames: info.frames,
-                    requested: info.requested,
-                });
-            }
-        }
-    };
     for msg in rx {
-        let (camera, frame, faces) = match msg {
-            TrackMsg::End { camera, frames } => {
-                // The camera ended or broke off: once its frames before the marker are tracked,
-                // its tracks end and counting starts again (a reconnect continues the camera).
-                let ct = cams.entry(camera.clone()).or_insert_with(|| new_cam(&cfg));
-                ct.expected = Some(frames);
-                if ct.arrived >= frames {
+        let (camera, ticket) = match &msg {
+            TrackMsg::Detected { frame, ticket, .. } => (frame.camera.clone(), *ticket),
+            TrackMsg::End { camera, ticket } => (camera.clone(), *ticket),
+        };
+        let ct = cams.entry(camera.clone()).or_insert_with(|| CameraTracks {
+            tracker: Tracker::new(cfg.clone()),
+            info: HashMap::new(),
+            next_ticket: 0,
+            pending: Default::default(),
+        });
+        ct.pending.insert(ticket, msg);
+        // Track strictly in queue order: the tracker must never go back in time.
+        while let Some(msg) = ct.pending.remove(&ct.next_ticket) {
+            ct.next_ticket += 1;
+            match msg {
+                TrackMsg::End { .. } => {
+                    // The camera ended or broke off: its tracks end (a reconnect starts new ones).
                     let ids = ct.tracker.finish().into_iter().map(|t| t.id).collect();
                     end_tracks(ct, &camera, ids, &vote_tx);
-                    ct.arrived = 0;
-                    ct.expected = None;
                 }
-                continue;
-            }
-            TrackMsg::Detected { frame, faces } => (frame.camera.clone(), frame, faces),
-        };
-        let ct = cams.entry(camera.clone()).or_insert_with(|| new_cam(&cfg));
-        ct.arrived += 1;
-        let finish_after = ct.expected.is_some_and(|e| ct.arrived >= e);
-        // Two detection workers can deliver a camera's frames out of order; the tracker must not go
-        // back in time, so a frame older than the last one tracked is dropped.
-        if ct.last_seq.is_some_and(|s| frame.seq <= s) {
-            m.frames_dropped.with_label_values(&[&camera, "stale"]).inc();
-        } else {
-            ct.last_seq = Some(frame.seq);
-            let upd = ct.tracker.update(&faces);
-            m.frames_processed.with_label_values(&[&camera]).inc();
-            for id in &upd.confirmed {
-                let Some(t) = ct.tracker.tracks().iter().find(|t| t.id == *id) else { continue };
-                let Some(f) = &t.face else { continue };
-                m.tracks_started.with_label_values(&[&camera]).inc();
-                ct.info.insert(
-                    *id,
-                    TrackInfo { first_seen: frame.captured_at, last_seen: frame.captured_at, frames: 0, requested: 0, best_quality: 0.0, last_embed: None },
-                );
-                let _ = vote_tx.send(VoteMsg::Started { camera: camera.clone(), track: *id, bbox: f.bbox, score: f.score, at: frame.captured_at });
-            }
-            for (id, d) in &upd.matched {
-                let face = &faces[*d];
-                let Some(info) = ct.info.get_mut(id) else { continue };
-                info.frames += 1;
-                info.last_seen = frame.captured_at;
-                if info.requested >= cfg.max_embeddings {
-                    continue;
-                }
-                let q = quality::geometric(face);
-                let due = info.requested == 0
-                    || q > info.best_quality * cfg.quality_gain
-                    || info.last_embed.is_some_and(|t| frame.captured_instant.duration_since(t) >= refresh);
-                if !due {
-                    continue;
-                }
-                let Some(cb) = crop_box(&face.landmarks, false) else { continue };
-                let started = Instant::now();
-                if align_into(&frame.image, &cb, &mut crop).is_err() {
-                    continue;
-                }
-                m.stage_seconds.with_label_values(&["align"]).observe(started.elapsed().as_secs_f64());
-                let q = q * (0.5 + 0.5 * quality::sharpness(&crop));
-                info.best_quality = info.best_quality.max(q);
-                info.last_embed = Some(frame.captured_instant);
-                let req = EmbedRequest { camera: camera.clone(), track: *id, crop: crop.clone(), bbox: face.bbox, captured_instant: frame.captured_instant };
-                match embed_tx.try_send(req) {
-                    Ok(()) => info.requested += 1,
-                    Err(TrySendError::Full(_)) => m.embed_requests_dropped.with_label_values(&[&camera]).inc(),
-                    Err(TrySendError::Disconnected(_)) => return,
+                TrackMsg::Detected { frame, faces, .. } => {
+                    if !track_frame(&cfg, ct, &camera, &frame, &faces, &mut crop, &embed_tx, &vote_tx) {
+                        return;
+                    }
                 }
             }
-            m.queue_depth.with_label_values(&["embed"]).set(embed_tx.len() as i64);
-            let ended: Vec<u64> = upd.ended.iter().map(|t| t.id).collect();
-            end_tracks(ct, &camera, ended, &vote_tx);
-        }
-        if finish_after {
-            let ids = ct.tracker.finish().into_iter().map(|t| t.id).collect();
-            end_tracks(ct, &camera, ids, &vote_tx);
-            ct.arrived = 0;
-            ct.expected = None;
         }
     }
     // Input closed: every camera ended; end what is left.
@@ -546,6 +496,85 @@ fn track_stage(cfg: TrackConfig, rx: Receiver<TrackMsg>, embed_tx: Sender<EmbedR
         let ids = ct.tracker.finish().into_iter().map(|t| t.id).collect();
         end_tracks(ct, camera, ids, &vote_tx);
     }
+}
+
+fn end_tracks(ct: &mut CameraTracks, camera: &Arc<str>, ids: Vec<u64>, vote_tx: &Sender<VoteMsg>) {
+    for id in ids {
+        if let Some(info) = ct.info.remove(&id) {
+            let _ = vote_tx.send(VoteMsg::Ended {
+                camera: camera.clone(),
+                track: id,
+                first_seen: info.first_seen,
+                last_seen: info.last_seen,
+                frames: info.frames,
+                requested: info.requested,
+            });
+        }
+    }
+}
+
+/// Tracks one frame and queues the embeddings the policy asks for; false when the pipeline is
+/// shutting down.
+#[allow(clippy::too_many_arguments)]
+fn track_frame(
+    cfg: &TrackConfig,
+    ct: &mut CameraTracks,
+    camera: &Arc<str>,
+    frame: &Frame,
+    faces: &[Face],
+    crop: &mut [u8],
+    embed_tx: &Sender<EmbedRequest>,
+    vote_tx: &Sender<VoteMsg>,
+) -> bool {
+    let m = metrics();
+    let refresh = Duration::from_secs_f32(cfg.refresh_seconds);
+    let upd = ct.tracker.update(faces);
+    m.frames_processed.with_label_values(&[camera]).inc();
+    for id in &upd.confirmed {
+        let Some(t) = ct.tracker.tracks().iter().find(|t| t.id == *id) else { continue };
+        let Some(f) = &t.face else { continue };
+        m.tracks_started.with_label_values(&[camera]).inc();
+        ct.info.insert(
+            *id,
+            TrackInfo { first_seen: frame.captured_at, last_seen: frame.captured_at, frames: 0, requested: 0, best_quality: 0.0, last_embed: None },
+        );
+        let _ = vote_tx.send(VoteMsg::Started { camera: camera.clone(), track: *id, bbox: f.bbox, score: f.score, at: frame.captured_at });
+    }
+    for (id, d) in &upd.matched {
+        let face = &faces[*d];
+        let Some(info) = ct.info.get_mut(id) else { continue };
+        info.frames += 1;
+        info.last_seen = frame.captured_at;
+        if info.requested >= cfg.max_embeddings {
+            continue;
+        }
+        let q = quality::geometric(face);
+        let due = info.requested == 0
+            || q > info.best_quality * cfg.quality_gain
+            || info.last_embed.is_some_and(|t| frame.captured_instant.duration_since(t) >= refresh);
+        if !due {
+            continue;
+        }
+        let Some(cb) = crop_box(&face.landmarks, false) else { continue };
+        let started = Instant::now();
+        if align_into(&frame.image, &cb, crop).is_err() {
+            continue;
+        }
+        m.stage_seconds.with_label_values(&["align"]).observe(started.elapsed().as_secs_f64());
+        let q = q * (0.5 + 0.5 * quality::sharpness(crop));
+        info.best_quality = info.best_quality.max(q);
+        info.last_embed = Some(frame.captured_instant);
+        let req = EmbedRequest { camera: camera.clone(), track: *id, crop: crop.to_vec(), bbox: face.bbox, captured_instant: frame.captured_instant };
+        match embed_tx.try_send(req) {
+            Ok(()) => info.requested += 1,
+            Err(TrySendError::Full(_)) => m.embed_requests_dropped.with_label_values(&[camera]).inc(),
+            Err(TrySendError::Disconnected(_)) => return false,
+        }
+    }
+    m.queue_depth.with_label_values(&["embed"]).set(embed_tx.len() as i64);
+    let ended: Vec<u64> = upd.ended.iter().map(|t| t.id).collect();
+    end_tracks(ct, camera, ended, vote_tx);
+    true
 }
 
 fn batch_stage(cfg: crate::embed::batcher::BatchConfig, rx: Receiver<EmbedRequest>, tx: Sender<Vec<EmbedRequest>>) {
