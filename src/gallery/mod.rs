@@ -2,21 +2,18 @@
 //! exact scan that keeps each person's best (smallest) distance, so every sample of a person counts.
 //! Shared behind a read-write lock so enrollments are seen by running cameras at once.
 
+pub mod index;
+pub mod store;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::embed::{DIM, Embedding, distance};
+use crate::embed::{DIM, Embedding};
 
 pub type SharedGallery = Arc<RwLock<Gallery>>;
-
-#[derive(Clone, Debug)]
-pub struct Person {
-    pub id: u64,
-    pub name: String,
-    pub samples: Vec<Embedding>,
-}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Match {
@@ -31,17 +28,64 @@ pub enum GalleryError {
     Dimension { got: usize },
     #[error("{path}: {reason}")]
     Enroll { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
 }
 
-#[derive(Debug, Default)]
+/// Default number of samples above which the HNSW index replaces the exact scan (measured with
+/// `facestream bench-gallery`, see BENCHMARKS.md).
+pub const DEFAULT_CROSSOVER: usize = 50_000;
+/// Rebuild the HNSW index when this fraction of its points belong to removed persons.
+const TOMBSTONE_REBUILD: f64 = 0.2;
+
+#[derive(Clone, Debug)]
+pub struct PersonInfo {
+    pub id: u64,
+    pub name: String,
+    pub samples: usize,
+}
+
+/// In-memory gallery: every sample of every person in one contiguous array (exact scan), plus an
+/// HNSW index over the same samples once the gallery is large. Removal tombstones a person's
+/// samples; the index is rebuilt when tombstones pile up.
 pub struct Gallery {
-    persons: Vec<Person>,
+    persons: HashMap<u64, PersonInfo>,
+    by_name: HashMap<String, u64>,
+    vectors: Vec<f32>,
+    /// Person id per sample; 0 marks a removed (tombstoned) sample.
+    owners: Vec<u64>,
+    tombstones: usize,
     next_id: u64,
+    hnsw: Option<index::HnswIndex>,
+    pub crossover: usize,
+    pub ef_search: usize,
+}
+
+impl Default for Gallery {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Gallery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gallery").field("persons", &self.persons.len()).field("samples", &self.owners.len()).finish()
+    }
 }
 
 impl Gallery {
     pub fn new() -> Self {
-        Self { persons: Vec::new(), next_id: 1 }
+        Self {
+            persons: HashMap::new(),
+            by_name: HashMap::new(),
+            vectors: Vec::new(),
+            owners: Vec::new(),
+            tombstones: 0,
+            next_id: 1,
+            hnsw: None,
+            crossover: DEFAULT_CROSSOVER,
+            ef_search: index::DEFAULT_EF,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -52,45 +96,143 @@ impl Gallery {
         self.persons.is_empty()
     }
 
-    pub fn persons(&self) -> &[Person] {
-        &self.persons
+    /// Live samples (all persons).
+    pub fn samples(&self) -> usize {
+        self.owners.len() - self.tombstones
+    }
+
+    pub fn persons(&self) -> Vec<PersonInfo> {
+        let mut v: Vec<_> = self.persons.values().cloned().collect();
+        v.sort_by_key(|p| p.id);
+        v
+    }
+
+    pub fn person_id(&self, name: &str) -> Option<u64> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn uses_index(&self) -> bool {
+        self.hnsw.is_some()
     }
 
     /// Adds a sample to the person of that name (created when new); returns the person's id.
     pub fn add(&mut self, name: &str, embedding: Embedding) -> Result<u64, GalleryError> {
-        if embedding.len() != DIM {
-            return Err(GalleryError::Dimension { got: embedding.len() });
-        }
-        if let Some(p) = self.persons.iter_mut().find(|p| p.name == name) {
-            p.samples.push(embedding);
-            return Ok(p.id);
-        }
-        let id = self.next_id.max(1);
-        self.next_id = id + 1;
-        self.persons.push(Person { id, name: name.to_string(), samples: vec![embedding] });
+        let id = match self.by_name.get(name) {
+            Some(id) => *id,
+            None => {
+                let id = self.next_id;
+                self.next_id += 1;
+                id
+            }
+        };
+        self.add_with_id(id, name, embedding)?;
         Ok(id)
     }
 
-    pub fn remove(&mut self, name: &str) -> bool {
-        let before = self.persons.len();
-        self.persons.retain(|p| p.name != name);
-        before != self.persons.len()
+    /// Adds a sample for a person whose id is fixed elsewhere (the store).
+    pub fn add_with_id(&mut self, id: u64, name: &str, embedding: Embedding) -> Result<(), GalleryError> {
+        if embedding.len() != DIM {
+            return Err(GalleryError::Dimension { got: embedding.len() });
+        }
+        self.next_id = self.next_id.max(id + 1);
+        let p = self.persons.entry(id).or_insert_with(|| PersonInfo { id, name: name.to_string(), samples: 0 });
+        p.samples += 1;
+        self.by_name.insert(name.to_string(), id);
+        let slot = self.owners.len();
+        self.vectors.extend_from_slice(&embedding);
+        self.owners.push(id);
+        // New samples are searchable at once: the index takes inserts while in use.
+        if let Some(h) = &self.hnsw {
+            h.insert(&self.vectors[slot * DIM..(slot + 1) * DIM], slot);
+        } else if self.samples() >= self.crossover {
+            self.rebuild_index();
+        }
+        Ok(())
     }
 
-    /// The `k` nearest persons, nearest first (each person at its best sample's distance).
+    /// Removes a person; their samples are never returned again.
+    pub fn remove(&mut self, id: u64) -> bool {
+        let Some(p) = self.persons.remove(&id) else { return false };
+        self.by_name.remove(&p.name);
+        for o in self.owners.iter_mut().filter(|o| **o == id) {
+            *o = 0;
+            self.tombstones += 1;
+        }
+        if self.hnsw.is_some() && self.tombstones as f64 > TOMBSTONE_REBUILD * self.owners.len() as f64 {
+            self.compact();
+        }
+        true
+    }
+
+    pub fn remove_name(&mut self, name: &str) -> bool {
+        match self.by_name.get(name) {
+            Some(&id) => self.remove(id),
+            None => false,
+        }
+    }
+
+    /// Drops tombstoned samples and rebuilds the index (or returns to the exact scan).
+    pub fn compact(&mut self) {
+        let mut vectors = Vec::with_capacity(self.samples() * DIM);
+        let mut owners = Vec::with_capacity(self.samples());
+        for (i, &o) in self.owners.iter().enumerate() {
+            if o != 0 {
+                vectors.extend_from_slice(&self.vectors[i * DIM..(i + 1) * DIM]);
+                owners.push(o);
+            }
+        }
+        self.vectors = vectors;
+        self.owners = owners;
+        self.tombstones = 0;
+        self.hnsw = None;
+        if self.samples() >= self.crossover {
+            self.rebuild_index();
+        }
+    }
+
+    /// Builds the HNSW index over every live sample (parallel insert).
+    pub fn rebuild_index(&mut self) {
+        let started = std::time::Instant::now();
+        let h = index::HnswIndex::build(&self.vectors, &self.owners);
+        tracing::info!(samples = self.samples(), seconds = started.elapsed().as_secs_f32(), "gallery index built");
+        self.hnsw = Some(h);
+    }
+
+    /// The `k` nearest persons, nearest first, each at its best sample's distance; open-set
+    /// decisions (threshold, margin) are the caller's.
     pub fn search(&self, query: &[f32], k: usize) -> Vec<Match> {
-        let mut best: Vec<Match> = self
-            .persons
-            .iter()
-            .map(|p| Match {
-                person_id: p.id,
-                name: p.name.clone(),
-                distance: p.samples.iter().map(|s| distance(query, s)).fold(f32::INFINITY, f32::min),
-            })
+        let mut best: HashMap<u64, f32> = HashMap::new();
+        match &self.hnsw {
+            Some(h) => {
+                // Ask for more neighbours than persons: several may be samples of one person.
+                for (slot, d) in h.search(query, (k * 8).max(32), self.ef_search.max(k * 8)) {
+                    let owner = self.owners.get(slot).copied().unwrap_or(0);
+                    if owner != 0 {
+                        let e = best.entry(owner).or_insert(f32::INFINITY);
+                        *e = e.min(d);
+                    }
+                }
+            }
+            None => {
+                for (i, &owner) in self.owners.iter().enumerate() {
+                    if owner == 0 {
+                        continue;
+                    }
+                    let d = index::unit_distance(query, &self.vectors[i * DIM..(i + 1) * DIM]);
+                    let e = best.entry(owner).or_insert(f32::INFINITY);
+                    if d < *e {
+                        *e = d;
+                    }
+                }
+            }
+        }
+        let mut out: Vec<Match> = best
+            .into_iter()
+            .filter_map(|(id, distance)| self.persons.get(&id).map(|p| Match { person_id: id, name: p.name.clone(), distance }))
             .collect();
-        best.sort_by(|a, b| a.distance.total_cmp(&b.distance));
-        best.truncate(k);
-        best
+        out.sort_by(|a, b| a.distance.total_cmp(&b.distance).then(a.person_id.cmp(&b.person_id)));
+        out.truncate(k);
+        out
     }
 }
 
@@ -161,9 +303,35 @@ mod tests {
         assert_eq!(g.len(), 2);
         let m = g.search(&unit(3), 2);
         assert_eq!(m[0].name, "a");
-        assert!(m[0].distance < 1e-6);
-        assert!(g.remove("a"));
+        assert!(m[0].distance < 1e-3, "sqrt(2 - 2 dot) is coarse near 0");
+        assert!(g.remove_name("a"));
         assert_eq!(g.search(&unit(3), 2)[0].name, "b");
         assert!(g.add("c", vec![0.0; 3]).is_err());
+    }
+
+    #[test]
+    fn hnsw_and_exact_scan_agree_and_removed_persons_never_return() {
+        let mut exact = Gallery::new();
+        let mut indexed = Gallery::new();
+        indexed.crossover = 10;
+        for i in 0..200 {
+            let e = unit(i);
+            exact.add(&format!("p{i}"), e.clone()).unwrap();
+            indexed.add(&format!("p{i}"), e).unwrap();
+        }
+        assert!(indexed.uses_index() && !exact.uses_index());
+        for i in [3usize, 50, 199] {
+            assert_eq!(exact.search(&unit(i), 1)[0].name, indexed.search(&unit(i), 1)[0].name);
+        }
+        // Remove most persons: tombstones trigger a rebuild; none of them comes back.
+        for i in 0..150 {
+            assert!(indexed.remove_name(&format!("p{i}")));
+        }
+        for i in 0..150 {
+            let m = indexed.search(&unit(i), 5);
+            assert!(m.iter().all(|m| m.name.trim_start_matches('p').parse::<usize>().unwrap() >= 150), "{m:?}");
+        }
+        assert_eq!(indexed.len(), 50);
+        assert_eq!(indexed.samples(), 50);
     }
 }

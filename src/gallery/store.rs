@@ -1,0 +1,298 @@
+//! The gallery's source of truth: SQLite in WAL mode. Persons (name, free-form metadata,
+//! timestamps) and face samples (embedding, model id, quality, source image hash). Every enrollment
+//! is one transaction, so a crash or `kill -9` leaves the store consistent with every committed
+//! enrollment present.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::Gallery;
+use crate::embed::DIM;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("gallery store {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("gallery store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error(
+        "gallery store holds {count} face sample(s) made by model `{found}`, but this facestream embeds with `{running}`; embeddings of different models cannot be compared: re-enroll those persons (facestream gallery export lists them)"
+    )]
+    ModelMismatch { count: usize, found: String, running: String },
+    #[error("no person `{0}` in the gallery")]
+    NoPerson(String),
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PersonRow {
+    pub id: u64,
+    pub name: String,
+    pub metadata: serde_json::Value,
+    pub created: u64,
+    pub updated: u64,
+    pub samples: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SampleRow {
+    pub id: u64,
+    pub person_id: u64,
+    pub model_id: String,
+    pub quality: f32,
+    pub image_sha256: String,
+    pub created: u64,
+    pub embedding: Vec<f32>,
+}
+
+/// Export format: everything needed to rebuild a store elsewhere.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Export {
+    pub format: String,
+    pub persons: Vec<ExportPerson>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExportPerson {
+    pub name: String,
+    pub metadata: serde_json::Value,
+    pub samples: Vec<SampleRow>,
+}
+
+pub struct Store {
+    conn: Connection,
+    pub path: PathBuf,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn to_blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn from_blob(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// Default location: `$XDG_DATA_HOME/facestream/gallery.db` (or `~/.local/share/...`).
+pub fn default_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("FACESTREAM_GALLERY") {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_DATA_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".local/share")
+    });
+    base.join("facestream").join("gallery.db")
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |reason: String| StoreError::Open { path: path.to_path_buf(), reason };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        }
+        let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+        // WAL: readers never block the writer and a killed writer loses only its open transaction.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| open_err(e.to_string()))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS persons (
+                id INTEGER PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                metadata TEXT NOT NULL DEFAULT '{}',
+                created INTEGER NOT NULL,
+                updated INTEGER NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS samples (
+                id INTEGER PRIMARY KEY,
+                person_id INTEGER NOT NULL REFERENCES persons(id) ON DELETE CASCADE,
+                embedding BLOB NOT NULL,
+                model_id TEXT NOT NULL,
+                quality REAL NOT NULL,
+                image_sha256 TEXT NOT NULL,
+                created INTEGER NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS samples_person ON samples(person_id);",
+        )
+        .map_err(|e| open_err(e.to_string()))?;
+        Ok(Self { conn, path: path.to_path_buf() })
+    }
+
+    /// Creates the person when new; returns the id.
+    pub fn ensure_person(&mut self, name: &str, metadata: Option<&serde_json::Value>) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        let id = Self::ensure_person_tx(&tx, name, metadata)?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    fn ensure_person_tx(tx: &rusqlite::Transaction, name: &str, metadata: Option<&serde_json::Value>) -> Result<u64, StoreError> {
+        let t = now() as i64;
+        if let Some(id) = tx.query_row("SELECT id FROM persons WHERE name = ?1", [name], |r| r.get::<_, i64>(0)).optional()? {
+            if let Some(m) = metadata {
+                tx.execute("UPDATE persons SET metadata = ?1, updated = ?2 WHERE id = ?3", params![m.to_string(), t, id])?;
+            }
+            return Ok(id as u64);
+        }
+        let meta = metadata.cloned().unwrap_or_else(|| serde_json::json!({}));
+        tx.execute("INSERT INTO persons (name, metadata, created, updated) VALUES (?1, ?2, ?3, ?3)", params![name, meta.to_string(), t])?;
+        Ok(tx.last_insert_rowid() as u64)
+    }
+
+    /// Adds one face sample (and the person when new) in one transaction; returns the person id.
+    pub fn add_sample(&mut self, name: &str, embedding: &[f32], model_id: &str, quality: f32, image_sha256: &str) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        let pid = Self::ensure_person_tx(&tx, name, None)?;
+        let t = now() as i64;
+        tx.execute(
+            "INSERT INTO samples (person_id, embedding, model_id, quality, image_sha256, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![pid as i64, to_blob(embedding), model_id, quality, image_sha256, t],
+        )?;
+        tx.execute("UPDATE persons SET updated = ?1 WHERE id = ?2", params![t, pid as i64])?;
+        tx.commit()?;
+        Ok(pid)
+    }
+
+    pub fn remove_person(&mut self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.conn.execute("DELETE FROM persons WHERE id = ?1", [id as i64])? > 0)
+    }
+
+    pub fn person_by_name(&self, name: &str) -> Result<Option<PersonRow>, StoreError> {
+        Ok(self.persons()?.into_iter().find(|p| p.name == name))
+    }
+
+    pub fn person(&self, id: u64) -> Result<Option<PersonRow>, StoreError> {
+        Ok(self.persons()?.into_iter().find(|p| p.id == id))
+    }
+
+    pub fn persons(&self) -> Result<Vec<PersonRow>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT p.id, p.name, p.metadata, p.created, p.updated, COUNT(s.id)
+             FROM persons p LEFT JOIN samples s ON s.person_id = p.id GROUP BY p.id ORDER BY p.id",
+        )?;
+        let rows = st.query_map([], |r| {
+            let meta: String = r.get(2)?;
+            Ok(PersonRow {
+                id: r.get::<_, i64>(0)? as u64,
+                name: r.get(1)?,
+                metadata: serde_json::from_str(&meta).unwrap_or(serde_json::Value::Null),
+                created: r.get::<_, i64>(3)? as u64,
+                updated: r.get::<_, i64>(4)? as u64,
+                samples: r.get::<_, i64>(5)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn samples(&self, person_id: Option<u64>) -> Result<Vec<SampleRow>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT id, person_id, model_id, quality, image_sha256, created, embedding FROM samples
+             WHERE (?1 IS NULL OR person_id = ?1) ORDER BY id",
+        )?;
+        let rows = st.query_map([person_id.map(|p| p as i64)], |r| {
+            Ok(SampleRow {
+                id: r.get::<_, i64>(0)? as u64,
+                person_id: r.get::<_, i64>(1)? as u64,
+                model_id: r.get(2)?,
+                quality: r.get::<_, f64>(3)? as f32,
+                image_sha256: r.get(4)?,
+                created: r.get::<_, i64>(5)? as u64,
+                embedding: from_blob(&r.get::<_, Vec<u8>>(6)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Loads every sample into `gallery`, refusing samples made by another model.
+    pub fn load_into(&self, gallery: &mut Gallery, running_model: &str) -> Result<usize, StoreError> {
+        let persons = self.persons()?;
+        let names: std::collections::HashMap<u64, String> = persons.iter().map(|p| (p.id, p.name.clone())).collect();
+        let samples = self.samples(None)?;
+        let foreign: Vec<&SampleRow> = samples.iter().filter(|s| s.model_id != running_model).collect();
+        if let Some(first) = foreign.first() {
+            return Err(StoreError::ModelMismatch { count: foreign.len(), found: first.model_id.clone(), running: running_model.to_string() });
+        }
+        let mut n = 0;
+        for s in samples {
+            if s.embedding.len() != DIM {
+                continue;
+            }
+            if let Some(name) = names.get(&s.person_id) {
+                gallery.add_with_id(s.person_id, name, s.embedding).map_err(|e| StoreError::Open { path: self.path.clone(), reason: e.to_string() })?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub fn export(&self) -> Result<Export, StoreError> {
+        let samples = self.samples(None)?;
+        let persons = self
+            .persons()?
+            .into_iter()
+            .map(|p| ExportPerson {
+                samples: samples.iter().filter(|s| s.person_id == p.id).cloned().collect(),
+                name: p.name,
+                metadata: p.metadata,
+            })
+            .collect();
+        Ok(Export { format: "facestream-gallery-1".into(), persons })
+    }
+
+    /// Imports persons and samples (all in one transaction); returns (persons, samples) added.
+    pub fn import(&mut self, data: &Export) -> Result<(usize, usize), StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut samples = 0;
+        for p in &data.persons {
+            let pid = Self::ensure_person_tx(&tx, &p.name, Some(&p.metadata))?;
+            for s in &p.samples {
+                tx.execute(
+                    "INSERT INTO samples (person_id, embedding, model_id, quality, image_sha256, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![pid as i64, to_blob(&s.embedding), s.model_id, s.quality, s.image_sha256, s.created as i64],
+                )?;
+                samples += 1;
+            }
+        }
+        tx.commit()?;
+        Ok((data.persons.len(), samples))
+    }
+
+    /// SQLite's own consistency check ("ok" when sound).
+    pub fn integrity_check(&self) -> Result<String, StoreError> {
+        Ok(self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_round_trip_and_foreign_models_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("g.db")).unwrap();
+        let e = crate::embed::normalized(&(0..DIM).map(|i| i as f32).collect::<Vec<_>>());
+        let id = s.add_sample("ann", &e, "m1", 0.9, "abc").unwrap();
+        assert_eq!(s.add_sample("ann", &e, "m1", 0.8, "def").unwrap(), id);
+        assert_eq!(s.persons().unwrap()[0].samples, 2);
+        let mut g = Gallery::new();
+        assert_eq!(s.load_into(&mut g, "m1").unwrap(), 2);
+        assert_eq!(g.search(&e, 1)[0].name, "ann");
+        let err = s.load_into(&mut Gallery::new(), "m2").unwrap_err().to_string();
+        assert!(err.contains("re-enroll"), "{err}");
+        let exported = s.export().unwrap();
+        let mut other = Store::open(&dir.path().join("h.db")).unwrap();
+        assert_eq!(other.import(&exported).unwrap(), (1, 2));
+        assert!(s.remove_person(id).unwrap());
+        assert!(s.samples(None).unwrap().is_empty(), "samples go with their person");
+        assert_eq!(s.integrity_check().unwrap(), "ok");
+    }
+}
