@@ -12,6 +12,7 @@ pub mod eval;
 pub mod events;
 pub mod gallery;
 pub mod http;
+pub mod identify;
 pub mod image;
 pub mod ingest;
 pub mod infer;

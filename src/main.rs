@@ -109,12 +109,76 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Enroll persons into the gallery store: `--name NAME IMAGE...` or `--dir DIR` (one sub-folder
+    /// per person). A photo with no face, or several faces and no --box, is refused.
+    Enroll {
+        /// The person the images show.
+        #[arg(long, required_unless_present = "dir", conflicts_with = "dir")]
+        name: Option<String>,
+        images: Vec<PathBuf>,
+        /// A folder with one sub-folder per person, named after the person.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Which face to take from a photo with several: x1,y1,x2,y2 in pixels.
+        #[arg(long, value_delimiter = ',', num_args = 4)]
+        r#box: Option<Vec<f32>>,
+        /// Gallery store (default: gallery.store of the config, else ~/.local/share/facestream/gallery.db).
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Inspect and edit the gallery store.
+    Gallery {
+        #[command(subcommand)]
+        action: GalleryAction,
+        /// Gallery store (default: gallery.store of the config, else ~/.local/share/facestream/gallery.db).
+        #[arg(long, global = true)]
+        store: Option<PathBuf>,
+    },
+    /// Every face in an image with its person (or unknown), as JSON; --draw writes the labelled image.
+    Identify {
+        image: PathBuf,
+        #[arg(long)]
+        draw: Option<PathBuf>,
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Gallery search benchmark on synthetic clustered embeddings: exact scan vs HNSW.
+    BenchGallery {
+        /// Identities per run, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+        sizes: Vec<usize>,
+        /// Noisy samples per identity.
+        #[arg(long, default_value_t = 3)]
+        samples: usize,
+        /// HNSW ef values to try.
+        #[arg(long, value_delimiter = ',', default_value = "16,32,64,128")]
+        ef: Vec<usize>,
+        /// Queries per measurement.
+        #[arg(long, default_value_t = 1000)]
+        queries: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Detection and comparison on the bundled fixture photos, with readable output.
     Demo {
         /// Folder with the fixture photos.
         #[arg(long, default_value = "tests/fixtures")]
         fixtures: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum GalleryAction {
+    /// Every person with sample counts.
+    List,
+    /// One person with its samples (without the vectors).
+    Show { name: String },
+    /// Remove a person and all its samples.
+    Remove { name: String },
+    /// Write the whole gallery (persons, metadata, embeddings) as JSON.
+    Export { file: PathBuf },
+    /// Add persons and samples from an export.
+    Import { file: PathBuf },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -166,6 +230,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cmd_eval(&cfg, &identities, json.as_deref())
         }
         Command::Demo { fixtures } => cmd_demo(&cfg, &fixtures),
+        Command::Enroll { name, images, dir, r#box, store } => cmd_enroll(&cfg, name, images, dir, r#box, store),
+        Command::Gallery { action, store } => cmd_gallery(&cfg, action, store),
+        Command::Identify { image, draw, store } => cmd_identify(&cfg, &image, draw.as_deref(), store),
+        Command::BenchGallery { sizes, samples, ef, queries, json } => {
+            let reports = facestream::gallery::bench::run(&sizes, samples, &ef, queries, 42, |line| eprintln!("{line}"));
+            print!("{}", facestream::gallery::bench::table(&reports));
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_string_pretty(&reports)?).with_context(|| format!("{}: cannot write", p.display()))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench { mode, cameras, clip, duration, warmup, fps, loops, json } => {
             let opts = facestream::bench::BenchOptions {
                 mode: match mode {
@@ -414,9 +489,15 @@ fn cmd_run(cfg: &Config, file: &Path, duration: f64) -> Result<ExitCode> {
 
     cfg.validate_for_run(file)?;
     let photos = cfg.gallery.photos(&cfg.base_dir)?;
-    let mut gallery = facestream::gallery::Gallery::new();
+    let mut gallery = cfg.gallery.new_gallery();
     {
         let mut analyzer = Analyzer::new(cfg)?;
+        let store_path = cfg.gallery.store_path(&cfg.base_dir);
+        if store_path.is_file() {
+            let store = facestream::gallery::store::Store::open(&store_path)?;
+            let n = store.load_into(&mut gallery, analyzer.embedder.model_id())?;
+            tracing::info!(store = %store_path.display(), samples = n, persons = gallery.len(), "gallery store loaded");
+        }
         let n = facestream::photo::enroll_photos(&mut analyzer, &photos, &mut gallery)?;
         tracing::info!(persons = gallery.len(), photos = n, "gallery ready");
     }
@@ -480,6 +561,120 @@ fn cmd_run(cfg: &Config, file: &Path, duration: f64) -> Result<ExitCode> {
     if !failed.is_empty() {
         eprintln!("cameras failed: {}", failed.join(", "));
         return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_store(cfg: &Config, store: Option<PathBuf>) -> Result<facestream::gallery::store::Store> {
+    let path = store.unwrap_or_else(|| cfg.gallery.store_path(&cfg.base_dir));
+    Ok(facestream::gallery::store::Store::open(&path)?)
+}
+
+fn cmd_enroll(cfg: &Config, name: Option<String>, images: Vec<PathBuf>, dir: Option<PathBuf>, bbox: Option<Vec<f32>>, store: Option<PathBuf>) -> Result<ExitCode> {
+    let mut list: Vec<(String, PathBuf)> = Vec::new();
+    if let Some(dir) = dir {
+        let gc = facestream::gallery::GalleryConfig { folder: Some(dir.clone()), ..Default::default() };
+        list = gc.photos(Path::new("."))?;
+        if list.is_empty() {
+            bail!("{}: no photos found (expected one sub-folder per person)", dir.display());
+        }
+    } else if let Some(name) = name {
+        if images.is_empty() {
+            bail!("give at least one image for {name}");
+        }
+        list = images.into_iter().map(|p| (name.clone(), p)).collect();
+    }
+    let bbox = bbox.map(|b| facestream::detect::BBox { x1: b[0], y1: b[1], x2: b[2], y2: b[3] });
+    let mut store = open_store(cfg, store)?;
+    let mut analyzer = Analyzer::new(cfg)?;
+    let model = analyzer.embedder.model_id().to_string();
+    let (mut ok, mut failed) = (0usize, 0usize);
+    let total = list.len();
+    let started = std::time::Instant::now();
+    for (i, (person, path)) in list.iter().enumerate() {
+        match facestream::photo::enrollable(&mut analyzer, path, bbox).and_then(|e| {
+            store.add_sample(person, &e.embedding, &model, e.quality, &e.image_sha256)?;
+            Ok(e)
+        }) {
+            Ok(_) => {
+                ok += 1;
+                eprintln!("[{:>4}/{total}] {person}: {} enrolled", i + 1, path.display());
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("[{:>4}/{total}] error: {e}", i + 1);
+            }
+        }
+    }
+    eprintln!("{ok} enrolled, {failed} refused in {:.1} s into {}", started.elapsed().as_secs_f32(), store.path.display());
+    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn cmd_gallery(cfg: &Config, action: GalleryAction, store: Option<PathBuf>) -> Result<ExitCode> {
+    let mut store = open_store(cfg, store)?;
+    match action {
+        GalleryAction::List => {
+            for p in store.persons()? {
+                println!("{}", json!({"id": p.id, "name": p.name, "samples": p.samples, "metadata": p.metadata, "created": p.created, "updated": p.updated}));
+            }
+        }
+        GalleryAction::Show { name } => {
+            let p = store.person_by_name(&name)?.ok_or_else(|| facestream::gallery::store::StoreError::NoPerson(name.clone()))?;
+            let samples: Vec<_> = store
+                .samples(Some(p.id))?
+                .into_iter()
+                .map(|s| json!({"id": s.id, "model": s.model_id, "quality": s.quality, "image_sha256": s.image_sha256, "created": s.created}))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&json!({"person": p, "samples": samples}))?);
+        }
+        GalleryAction::Remove { name } => {
+            let p = store.person_by_name(&name)?.ok_or_else(|| facestream::gallery::store::StoreError::NoPerson(name.clone()))?;
+            store.remove_person(p.id)?;
+            eprintln!("removed {name} ({} samples)", p.samples);
+        }
+        GalleryAction::Export { file } => {
+            let data = store.export()?;
+            std::fs::write(&file, serde_json::to_string(&data)?).with_context(|| format!("{}: cannot write", file.display()))?;
+            eprintln!("exported {} persons to {}", data.persons.len(), file.display());
+        }
+        GalleryAction::Import { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("{}: cannot read", file.display()))?;
+            let data: facestream::gallery::store::Export = serde_json::from_str(&text).with_context(|| format!("{}: not a facestream gallery export", file.display()))?;
+            let (p, s) = store.import(&data)?;
+            eprintln!("imported {p} persons, {s} samples");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_identify(cfg: &Config, path: &Path, draw_to: Option<&Path>, store: Option<PathBuf>) -> Result<ExitCode> {
+    let store = open_store(cfg, store)?;
+    let mut analyzer = Analyzer::new(cfg)?;
+    let mut gallery = cfg.gallery.new_gallery();
+    store.load_into(&mut gallery, analyzer.embedder.model_id())?;
+    let mut img = image::load(path)?;
+    let faces = analyzer.analyze(&img)?;
+    let threshold = cfg.identify.threshold.unwrap_or(analyzer.embedder.threshold);
+    let mut labels = Vec::new();
+    let mut out = Vec::new();
+    for (f, e) in &faces {
+        let (person, distance) = match e {
+            Some(e) => facestream::identify::decide(&gallery.search(e, 2), threshold, cfg.identify.margin),
+            None => (None, None),
+        };
+        let name = person.as_ref().map(|p| p.1.clone()).unwrap_or_else(|| "unknown".into());
+        labels.push(name.clone());
+        let mut v = face_json(f);
+        v["person"] = json!(name);
+        v["person_id"] = json!(person.map(|p| p.0));
+        v["distance"] = json!(distance);
+        out.push(v);
+    }
+    println!("{}", json!({"file": path, "threshold": threshold, "faces": out}));
+    if let Some(d) = draw_to {
+        let plain: Vec<Face> = faces.iter().map(|(f, _)| f.clone()).collect();
+        draw::draw_faces(&mut img, &plain, Some(&labels))?;
+        draw::save(&img, d)?;
     }
     Ok(ExitCode::SUCCESS)
 }

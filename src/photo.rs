@@ -112,4 +112,46 @@ pub enum EnrollError {
     Gallery(#[from] crate::gallery::GalleryError),
     #[error("{}: no face found to enroll", path.display())]
     NoFace { path: std::path::PathBuf },
+    #[error("{}: {count} faces found; enroll a photo with one face, or give --box x1,y1,x2,y2 to choose", path.display())]
+    SeveralFaces { path: std::path::PathBuf, count: usize },
+    #[error(transparent)]
+    Store(#[from] crate::gallery::store::StoreError),
+}
+
+/// A face accepted for enrollment.
+pub struct Enrollable {
+    pub face: Face,
+    pub embedding: Embedding,
+    pub quality: f32,
+    pub image_sha256: String,
+}
+
+/// Finds the one face to enroll in a photo: refused when there is none, or several and no `bbox`
+/// says which (then the face overlapping the box most is taken).
+pub fn enrollable(analyzer: &mut Analyzer, path: &std::path::Path, bbox: Option<crate::detect::BBox>) -> Result<Enrollable, EnrollError> {
+    let bytes = std::fs::read(path).map_err(|e| crate::image::ImageError::Open { path: path.to_path_buf(), error: e })?;
+    enrollable_bytes(analyzer, &bytes, path, bbox)
+}
+
+pub fn enrollable_bytes(analyzer: &mut Analyzer, bytes: &[u8], name: &std::path::Path, bbox: Option<crate::detect::BBox>) -> Result<Enrollable, EnrollError> {
+    use sha2::Digest;
+    let img = crate::image::decode(bytes, name)?;
+    let faces = analyzer.detect(&img)?;
+    let i = match (faces.len(), bbox) {
+        (0, _) => return Err(EnrollError::NoFace { path: name.to_path_buf() }),
+        (1, None) => 0,
+        (n, None) => return Err(EnrollError::SeveralFaces { path: name.to_path_buf(), count: n }),
+        (_, Some(b)) => {
+            let (i, iou) = faces.iter().enumerate().map(|(i, f)| (i, f.bbox.iou(&b))).fold((0, -1.0f32), |a, x| if x.1 > a.1 { x } else { a });
+            if iou < 0.3 {
+                return Err(EnrollError::NoFace { path: name.to_path_buf() });
+            }
+            i
+        }
+    };
+    let face = faces[i].clone();
+    let embedding = analyzer.embed(&img, std::slice::from_ref(&face))?.pop().flatten().ok_or_else(|| EnrollError::NoFace { path: name.to_path_buf() })?;
+    let quality = crate::track::quality::geometric(&face);
+    let image_sha256 = format!("{:x}", sha2::Sha256::digest(bytes));
+    Ok(Enrollable { face, embedding, quality, image_sha256 })
 }

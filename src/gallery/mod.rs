@@ -2,6 +2,7 @@
 //! exact scan that keeps each person's best (smallest) distance, so every sample of a person counts.
 //! Shared behind a read-write lock so enrollments are seen by running cameras at once.
 
+pub mod bench;
 pub mod index;
 pub mod store;
 
@@ -205,7 +206,7 @@ impl Gallery {
         match &self.hnsw {
             Some(h) => {
                 // Ask for more neighbours than persons: several may be samples of one person.
-                for (slot, d) in h.search(query, (k * 8).max(32), self.ef_search.max(k * 8)) {
+                for (slot, d) in h.search(query, (k * 4).max(8), self.ef_search.max(k * 4)) {
                     let owner = self.owners.get(slot).copied().unwrap_or(0);
                     if owner != 0 {
                         let e = best.entry(owner).or_insert(f32::INFINITY);
@@ -214,15 +215,28 @@ impl Gallery {
                 }
             }
             None => {
+                // One pass keeps the C best samples by dot product (a cheap compare per sample);
+                // persons are then formed from those candidates only.
+                let c = (k * 16).max(32);
+                let mut top: Vec<(f32, usize)> = Vec::with_capacity(c + 1);
+                let mut floor = f32::NEG_INFINITY;
                 for (i, &owner) in self.owners.iter().enumerate() {
                     if owner == 0 {
                         continue;
                     }
-                    let d = index::unit_distance(query, &self.vectors[i * DIM..(i + 1) * DIM]);
-                    let e = best.entry(owner).or_insert(f32::INFINITY);
-                    if d < *e {
-                        *e = d;
+                    let d = index::dot(query, &self.vectors[i * DIM..(i + 1) * DIM]);
+                    if top.len() < c || d > floor {
+                        let pos = top.partition_point(|x| x.0 < d);
+                        top.insert(pos, (d, i));
+                        if top.len() > c {
+                            top.remove(0);
+                        }
+                        floor = top[0].0;
                     }
+                }
+                for &(d, i) in &top {
+                    let e = best.entry(self.owners[i]).or_insert(f32::INFINITY);
+                    *e = e.min((2.0 - 2.0 * d).max(0.0).sqrt());
                 }
             }
         }
@@ -240,6 +254,13 @@ impl Gallery {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GalleryConfig {
+    /// The SQLite store of enrolled persons (default: $FACESTREAM_GALLERY, else
+    /// ~/.local/share/facestream/gallery.db). `facestream enroll` writes it; `run` loads it.
+    pub store: Option<PathBuf>,
+    /// Samples above which the HNSW index replaces the exact scan.
+    pub index_crossover: Option<usize>,
+    /// HNSW search breadth.
+    pub ef_search: Option<usize>,
     /// A folder with one sub-folder per person (the sub-folder's name is the person's name) holding
     /// photos of that person.
     pub folder: Option<PathBuf>,
@@ -255,6 +276,26 @@ pub struct PersonPhotos {
 }
 
 impl GalleryConfig {
+    pub fn store_path(&self, base: &Path) -> PathBuf {
+        match &self.store {
+            Some(p) if p.is_absolute() => p.clone(),
+            Some(p) => base.join(p),
+            None => store::default_path(),
+        }
+    }
+
+    /// An empty gallery with this config's index settings.
+    pub fn new_gallery(&self) -> Gallery {
+        let mut g = Gallery::new();
+        if let Some(c) = self.index_crossover {
+            g.crossover = c.max(1);
+        }
+        if let Some(ef) = self.ef_search {
+            g.ef_search = ef.max(1);
+        }
+        g
+    }
+
     /// (name, photo path) pairs to enroll, with relative paths resolved against `base`.
     pub fn photos(&self, base: &Path) -> Result<Vec<(String, PathBuf)>, GalleryError> {
         let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
@@ -291,7 +332,7 @@ mod tests {
     use crate::embed::normalized;
 
     fn unit(seed: usize) -> Embedding {
-        normalized(&(0..DIM).map(|i| ((i * 31 + seed * 17) % 13) as f32 - 6.0).collect::<Vec<_>>())
+        normalized(&(0..DIM).map(|i| ((i as f32 + 1.0) * (seed as f32 + 1.0) * 0.737).sin()).collect::<Vec<_>>())
     }
 
     #[test]
