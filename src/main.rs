@@ -120,8 +120,8 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Which face to take from a photo with several: x1,y1,x2,y2 in pixels.
-        #[arg(long, value_delimiter = ',', num_args = 4)]
-        r#box: Option<Vec<f32>>,
+        #[arg(long, value_name = "X1,Y1,X2,Y2")]
+        r#box: Option<String>,
         /// Gallery store (default: gallery.store of the config, else ~/.local/share/facestream/gallery.db).
         #[arg(long)]
         store: Option<PathBuf>,
@@ -490,20 +490,33 @@ fn cmd_run(cfg: &Config, file: &Path, duration: f64) -> Result<ExitCode> {
     cfg.validate_for_run(file)?;
     let photos = cfg.gallery.photos(&cfg.base_dir)?;
     let mut gallery = cfg.gallery.new_gallery();
-    {
-        let mut analyzer = Analyzer::new(cfg)?;
-        let store_path = cfg.gallery.store_path(&cfg.base_dir);
-        if store_path.is_file() {
-            let store = facestream::gallery::store::Store::open(&store_path)?;
-            let n = store.load_into(&mut gallery, analyzer.embedder.model_id())?;
-            tracing::info!(store = %store_path.display(), samples = n, persons = gallery.len(), "gallery store loaded");
-        }
-        let n = facestream::photo::enroll_photos(&mut analyzer, &photos, &mut gallery)?;
-        tracing::info!(persons = gallery.len(), photos = n, "gallery ready");
-    }
+    let mut analyzer = Analyzer::new(cfg)?;
+    let store_path = cfg.gallery.store_path(&cfg.base_dir);
+    let store = facestream::gallery::store::Store::open(&store_path)?;
+    let n = store.load_into(&mut gallery, analyzer.embedder.model_id())?;
+    tracing::info!(store = %store_path.display(), samples = n, persons = gallery.len(), "gallery store loaded");
+    let n = facestream::photo::enroll_photos(&mut analyzer, &photos, &mut gallery)?;
+    tracing::info!(persons = gallery.len(), photos = n, "gallery ready");
+    let threshold = cfg.identify.threshold.unwrap_or(analyzer.embedder.threshold);
     let gallery = Arc::new(RwLock::new(gallery));
     let state = facestream::http::AppState::new(gallery.clone(), cfg.http.sse_buffer);
-    let server = if cfg.http.enabled { Some(facestream::http::serve(&cfg.http, state.clone(), None)?) } else { None };
+    let server = if cfg.http.enabled {
+        // The API shares the gallery with the cameras: an enrollment is searchable at once.
+        let api = facestream::http::api::router(
+            facestream::http::api::ApiState {
+                gallery: gallery.clone(),
+                store: Arc::new(std::sync::Mutex::new(store)),
+                analyzer: Arc::new(std::sync::Mutex::new(analyzer)),
+                token: cfg.http.token.clone(),
+                threshold,
+                margin: cfg.identify.margin,
+            },
+            cfg.http.max_upload_mb << 20,
+        );
+        Some(facestream::http::serve(&cfg.http, state.clone(), Some(api))?)
+    } else {
+        None
+    };
     let running = facestream::topology::start(cfg, gallery, vec![Box::new(state.event_sink())])?;
     if let Ok(mut c) = state.cameras.lock() {
         *c = running.cameras.clone();
@@ -570,7 +583,17 @@ fn open_store(cfg: &Config, store: Option<PathBuf>) -> Result<facestream::galler
     Ok(facestream::gallery::store::Store::open(&path)?)
 }
 
-fn cmd_enroll(cfg: &Config, name: Option<String>, images: Vec<PathBuf>, dir: Option<PathBuf>, bbox: Option<Vec<f32>>, store: Option<PathBuf>) -> Result<ExitCode> {
+fn cmd_enroll(cfg: &Config, name: Option<String>, images: Vec<PathBuf>, dir: Option<PathBuf>, bbox: Option<String>, store: Option<PathBuf>) -> Result<ExitCode> {
+    let bbox = match bbox {
+        Some(text) => {
+            let v: Vec<f32> = text.split(',').map(|t| t.trim().parse::<f32>()).collect::<Result<_, _>>().with_context(|| format!("--box {text}: expected four numbers x1,y1,x2,y2"))?;
+            if v.len() != 4 || v[2] <= v[0] || v[3] <= v[1] {
+                bail!("--box {text}: expected x1,y1,x2,y2 with x2 > x1 and y2 > y1");
+            }
+            Some(v)
+        }
+        None => None,
+    };
     let mut list: Vec<(String, PathBuf)> = Vec::new();
     if let Some(dir) = dir {
         let gc = facestream::gallery::GalleryConfig { folder: Some(dir.clone()), ..Default::default() };

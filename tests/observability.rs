@@ -55,7 +55,7 @@ fn gallery(cfg: &Config) -> Arc<RwLock<Gallery>> {
 fn start_with_http(cfg: &Config) -> (Running, http::Server, AppState) {
     let g = gallery(cfg);
     let state = AppState::new(g.clone(), 256);
-    let server = http::serve(&HttpConfig { enabled: true, bind: "127.0.0.1:0".into(), sse_buffer: 256 }, state.clone(), None).unwrap();
+    let server = http::serve(&HttpConfig { bind: "127.0.0.1:0".into(), ..HttpConfig::default() }, state.clone(), None).unwrap();
     let running = topology::start(cfg, g, vec![Box::new(state.event_sink())]).unwrap();
     *state.cameras.lock().unwrap() = running.cameras.clone();
     state.models_loaded.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -303,7 +303,7 @@ fn sse_clients_see_events_live_and_the_dashboard_queries_existing_metrics() {
     let cfg = config("", true, false);
     let g = gallery(&cfg);
     let state = AppState::new(g.clone(), 256);
-    let server = http::serve(&HttpConfig { enabled: true, bind: "127.0.0.1:0".into(), sse_buffer: 256 }, state.clone(), None).unwrap();
+    let server = http::serve(&HttpConfig { bind: "127.0.0.1:0".into(), ..HttpConfig::default() }, state.clone(), None).unwrap();
     // Connect the event-stream client before the pipeline starts.
     let mut stream = TcpStream::connect(server.addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();

@@ -253,6 +253,37 @@ def per_cpu_s(r):
     return None
 
 
+def gallery_comparison(res, peer_rows, fs_rows):
+    """Side-by-side table of `facestream bench-gallery` and the peers at the same size and ef
+    (exact scan vs faiss IndexFlatIP), plus facestream / peer ratios."""
+    def key(engine_or_method, ef):
+        return "exact" if engine_or_method in ("exact", "faiss-flat") else f"ef={ef}"
+
+    fs_by = {}
+    for r in fs_rows:
+        m = r["method"]
+        fs_by[(r["identities"], "exact" if m == "exact" else m.replace("hnsw ", ""))] = r
+    rows, ratios = [], []
+    for (n, k), f in sorted(fs_by.items(), key=lambda x: (x[0][0], x[0][1] != "exact", len(x[0][1]), x[0][1])):
+        rows.append(["facestream", n, k, f["build_s"], f["memory_mb"], f["p50_us"], f["p99_us"], f["qps"],
+                     f["recall_at_1"], f["agrees_with_exact"]])
+        for p in peer_rows:
+            if p.get("identities") == n and "qps" in p and key(p["engine"], p.get("ef")) == k:
+                rows.append([p["engine"], n, k, p["build_s"], p["rss_delta_mb"], p["p50_us"], p["p99_us"], p["qps"],
+                             p["recall_identity"], p["recall_exact"]])
+                ratios.append([f"facestream / {p['engine']}", n, k, f["qps"] / p["qps"], f["p50_us"] / p["p50_us"],
+                               f["build_s"] / p["build_s"] if p["build_s"] > 0.001 else None,
+                               f["recall_at_1"] - p["recall_identity"]])
+    table("Gallery search: facestream bench-gallery next to the peers (same sizes, own random draws)",
+          ["tool", "identities", "search", "build s", "mem +MB", "p50 us", "p99 us", "QPS", "recall@1 id",
+           "agrees w/ exact"], rows)
+    table("Gallery search, facestream / peer (QPS >1: facestream faster; p50 and build <1: facestream faster)",
+          ["pair", "identities", "search", "QPS ratio", "p50 ratio", "build-time ratio", "recall@1 difference"],
+          ratios)
+    res["vectors"]["ratios"] = [dict(zip(["pair", "identities", "search", "qps_ratio", "p50_ratio",
+                                          "build_time_ratio", "recall_at_1_difference"], r)) for r in ratios]
+
+
 def report(res):
     v = res.get("video")
     if v:
@@ -312,8 +343,10 @@ def report(res):
             say(f"  note: {f['note']}")
         elif not f.get("ran"):
             say(f"  note: {f['note']}")
+        elif "report" not in f:
+            say(f"  facestream bench-gallery exited {f.get('exit_code')}: {f.get('stderr_tail', '')}")
         else:
-            say(f"  facestream bench-gallery (exit {f.get('exit_code')}):\n{f.get('stdout', '')}")
+            gallery_comparison(res, vec["rows"], f["report"])
 
     if res.get("ratios"):
         table("facestream / peer (measured in this run; >1 means facestream is faster)",

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub mod api;
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -32,11 +34,15 @@ pub struct HttpConfig {
     pub bind: String,
     /// Events buffered per event-stream client; a client further behind loses events (counted).
     pub sse_buffer: usize,
+    /// When set, gallery changes over /api need `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Largest image accepted by /api, in MiB.
+    pub max_upload_mb: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { enabled: true, bind: "127.0.0.1:9464".into(), sse_buffer: 256 }
+        Self { enabled: true, bind: "127.0.0.1:9464".into(), sse_buffer: 256, token: None, max_upload_mb: 10 }
     }
 }
 

@@ -1,0 +1,270 @@
+//! The gallery HTTP API: persons (create, list, get, delete), adding a face image to a person, and
+//! `POST /api/recognize` (an image in, every face with its identity out). Changes go to the store
+//! and to the shared gallery at once, so running cameras see them. Errors have one stable shape:
+//! `{"error": {"code": "...", "message": "..."}}`. Mutating endpoints require `Authorization:
+//! Bearer <token>` when a token is configured.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path as UrlPath, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::gallery::SharedGallery;
+use crate::gallery::store::Store;
+use crate::photo::{Analyzer, EnrollError, enrollable_bytes};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub gallery: SharedGallery,
+    pub store: Arc<Mutex<Store>>,
+    pub analyzer: Arc<Mutex<Analyzer>>,
+    pub token: Option<String>,
+    pub threshold: f32,
+    pub margin: f32,
+}
+
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+pub fn router(state: ApiState, max_upload_bytes: usize) -> Router {
+    Router::new()
+        .route("/api/persons", get(list_persons).post(create_person))
+        .route("/api/persons/{id}", get(get_person).delete(delete_person))
+        .route("/api/persons/{id}/faces", post(add_face))
+        .route("/api/recognize", post(recognize))
+        .route("/api/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .layer(DefaultBodyLimit::max(max_upload_bytes))
+        .with_state(state)
+}
+
+fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.token else { return Ok(()) };
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if g == token => Ok(()),
+        _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "this endpoint needs Authorization: Bearer <token>")),
+    }
+}
+
+fn store(state: &ApiState) -> std::sync::MutexGuard<'_, Store> {
+    state.store.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn list_persons(State(state): State<ApiState>) -> ApiResult {
+    let persons = store(&state).persons().map_err(ApiError::internal)?;
+    Ok(axum::Json(json!({"persons": persons})).into_response())
+}
+
+#[derive(Deserialize)]
+struct NewPerson {
+    name: String,
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
+}
+
+async fn create_person(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    authorize(&state, &headers)?;
+    let p: NewPerson = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("expected {{\"name\": ..., \"metadata\": {{...}}}}: {e}")))?;
+    if p.name.trim().is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "name must not be empty"));
+    }
+    let mut st = store(&state);
+    if st.person_by_name(&p.name).map_err(ApiError::internal)?.is_some() {
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("a person named `{}` exists", p.name)));
+    }
+    let id = st.ensure_person(&p.name, p.metadata.as_ref()).map_err(ApiError::internal)?;
+    let row = st.person(id).map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, axum::Json(json!({"person": row}))).into_response())
+}
+
+fn parse_id(id: &str) -> Result<u64, ApiError> {
+    id.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("`{id}` is not a person id")))
+}
+
+async fn get_person(State(state): State<ApiState>, UrlPath(id): UrlPath<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    let row = store(&state).person(id).map_err(ApiError::internal)?;
+    match row {
+        Some(p) => Ok(axum::Json(json!({"person": p})).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no person {id}"))),
+    }
+}
+
+async fn delete_person(State(state): State<ApiState>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> ApiResult {
+    authorize(&state, &headers)?;
+    let id = parse_id(&id)?;
+    if !store(&state).remove_person(id).map_err(ApiError::internal)? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no person {id}")));
+    }
+    if let Ok(mut g) = state.gallery.write() {
+        g.remove(id);
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The image of a request: a multipart field named `image` (or the first file), or the raw body.
+async fn image_bytes(req: Request) -> Result<Bytes, ApiError> {
+    let is_multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let too_large = |e: String| {
+        if e.contains("length limit") || e.contains("too large") {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the image is larger than http.max_upload_mb")
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e)
+        }
+    };
+    if is_multipart {
+        let mut mp = Multipart::from_request(req, &()).await.map_err(|e| too_large(e.body_text()))?;
+        while let Some(field) = mp.next_field().await.map_err(|e| too_large(e.body_text()))? {
+            if field.name() == Some("image") || field.file_name().is_some() {
+                return field.bytes().await.map_err(|e| too_large(e.body_text()));
+            }
+        }
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "multipart body has no `image` field"));
+    }
+    let body = Bytes::from_request(req, &()).await.map_err(|e| too_large(e.body_text()))?;
+    if body.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "send an image as the body or as multipart field `image`"));
+    }
+    Ok(body)
+}
+
+async fn add_face(State(state): State<ApiState>, UrlPath(id): UrlPath<String>, req: Request) -> ApiResult {
+    authorize(&state, req.headers())?;
+    let id = parse_id(&id)?;
+    let person = store(&state)
+        .person(id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no person {id}")))?;
+    let bytes = image_bytes(req).await?;
+    let analyzer = state.analyzer.clone();
+    let enrolled = tokio::task::spawn_blocking(move || {
+        let mut a = analyzer.lock().unwrap_or_else(|p| p.into_inner());
+        let model = a.embedder.model_id().to_string();
+        enrollable_bytes(&mut a, &bytes, Path::new("upload"), None).map(|e| (e, model))
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let (e, model) = enrolled.map_err(|e| match e {
+        EnrollError::Image(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_image", e.to_string()),
+        EnrollError::NoFace { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_face", "no face found in the image"),
+        EnrollError::SeveralFaces { count, .. } => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "several_faces", format!("{count} faces found; send a photo with one face"))
+        }
+        other => ApiError::internal(other),
+    })?;
+    store(&state).add_sample(&person.name, &e.embedding, &model, e.quality, &e.image_sha256).map_err(ApiError::internal)?;
+    if let Ok(mut g) = state.gallery.write() {
+        g.add_with_id(id, &person.name, e.embedding).map_err(ApiError::internal)?;
+    }
+    let f = &e.face;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"person_id": id, "bbox": [f.bbox.x1, f.bbox.y1, f.bbox.x2, f.bbox.y2], "score": f.score, "quality": e.quality})),
+    )
+        .into_response())
+}
+
+async fn recognize(State(state): State<ApiState>, req: Request) -> ApiResult {
+    let bytes = image_bytes(req).await?;
+    let analyzer = state.analyzer.clone();
+    let analyzed = tokio::task::spawn_blocking(move || {
+        let mut a = analyzer.lock().unwrap_or_else(|p| p.into_inner());
+        let img = crate::image::decode(&bytes, Path::new("upload"))?;
+        let faces = a.analyze(&img).map_err(EnrollError::from)?;
+        Ok::<_, EnrollError>((img.width, img.height, faces))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| match e {
+        EnrollError::Image(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_image", e.to_string()),
+        other => ApiError::internal(other),
+    })?;
+    let (width, height, faces) = analyzed;
+    let g = state.gallery.read().map_err(|_| ApiError::internal("gallery lock poisoned"))?;
+    let out: Vec<_> = faces
+        .iter()
+        .map(|(f, e)| {
+            let (person, distance) = match e {
+                Some(e) => crate::identify::decide(&g.search(e, 2), state.threshold, state.margin),
+                None => (None, None),
+            };
+            json!({
+                "bbox": [f.bbox.x1, f.bbox.y1, f.bbox.x2, f.bbox.y2],
+                "score": f.score,
+                "landmarks": f.landmarks,
+                "person": person.as_ref().map(|p| p.1.clone()).unwrap_or_else(|| crate::events::UNKNOWN.to_string()),
+                "person_id": person.map(|p| p.0),
+                "distance": distance,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({"width": width, "height": height, "threshold": state.threshold, "faces": out})).into_response())
+}
+
+const OPENAPI: &str = r##"{
+  "openapi": "3.0.3",
+  "info": {"title": "facestream", "version": "1", "description": "Gallery management and recognition. Mutating endpoints need `Authorization: Bearer <token>` when http.token is set. Errors: {\"error\": {\"code\", \"message\"}}."},
+  "components": {
+    "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+    "schemas": {
+      "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}, "required": ["code", "message"]}}},
+      "Person": {"type": "object", "properties": {"id": {"type": "integer"}, "name": {"type": "string"}, "metadata": {"type": "object"}, "created": {"type": "integer"}, "updated": {"type": "integer"}, "samples": {"type": "integer"}}},
+      "Face": {"type": "object", "properties": {"bbox": {"type": "array", "items": {"type": "number"}}, "score": {"type": "number"}, "landmarks": {"type": "array"}, "person": {"type": "string"}, "person_id": {"type": "integer", "nullable": true}, "distance": {"type": "number", "nullable": true}}}
+    }
+  },
+  "paths": {
+    "/api/persons": {
+      "get": {"summary": "List persons", "responses": {"200": {"description": "persons", "content": {"application/json": {"schema": {"type": "object", "properties": {"persons": {"type": "array", "items": {"$ref": "#/components/schemas/Person"}}}}}}}}},
+      "post": {"summary": "Create a person", "security": [{"bearer": []}], "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"name": {"type": "string"}, "metadata": {"type": "object"}}, "required": ["name"]}}}},
+               "responses": {"201": {"description": "created"}, "400": {"description": "bad request", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}, "401": {"description": "no or wrong token"}, "409": {"description": "name taken"}}}
+    },
+    "/api/persons/{id}": {
+      "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+      "get": {"summary": "Get a person", "responses": {"200": {"description": "the person"}, "404": {"description": "no such person"}}},
+      "delete": {"summary": "Delete a person and all their faces", "security": [{"bearer": []}], "responses": {"204": {"description": "deleted"}, "401": {"description": "no or wrong token"}, "404": {"description": "no such person"}}}
+    },
+    "/api/persons/{id}/faces": {
+      "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+      "post": {"summary": "Add a face image (exactly one face) to a person", "security": [{"bearer": []}],
+               "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {"image": {"type": "string", "format": "binary"}}}}, "image/jpeg": {"schema": {"type": "string", "format": "binary"}}, "image/png": {"schema": {"type": "string", "format": "binary"}}}},
+               "responses": {"201": {"description": "enrolled"}, "404": {"description": "no such person"}, "413": {"description": "image too large"}, "422": {"description": "bad image, no face or several faces", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/recognize": {
+      "post": {"summary": "Every face of an image with its identity",
+               "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {"image": {"type": "string", "format": "binary"}}}}, "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+               "responses": {"200": {"description": "faces", "content": {"application/json": {"schema": {"type": "object", "properties": {"width": {"type": "integer"}, "height": {"type": "integer"}, "threshold": {"type": "number"}, "faces": {"type": "array", "items": {"$ref": "#/components/schemas/Face"}}}}}}}, "422": {"description": "not an image"}}}
+    }
+  }
+}"##;
