@@ -103,6 +103,75 @@ pub fn verification(genuine: &[f32], impostor: &[f32]) -> Result<VerificationRep
     })
 }
 
+/// Closed- and open-set identification with a gallery/probe split: each identity's first photo is
+/// enrolled, its other photos are probes. Open set: each probe is also searched against the
+/// gallery without its own identity (a stranger), which gives the false alarms.
+#[derive(Clone, Debug, Serialize)]
+pub struct IdentificationReport {
+    pub gallery: usize,
+    pub probes: usize,
+    pub rank1: f64,
+    /// Detection and identification rate at FAR 1% (strangers accepted at most 1% of the time).
+    pub dir_at_far_1pct: AtThreshold,
+    /// DIR and FAR at the threshold in use.
+    pub dir_at_threshold: f64,
+    pub far_at_threshold: f64,
+    pub threshold: f32,
+}
+
+/// `embs` holds (identity, embedding) in file order.
+pub fn identification(embs: &[(String, Vec<f32>)], threshold: f32) -> Result<IdentificationReport, EvalError> {
+    use std::collections::HashMap;
+    let mut gallery: HashMap<&str, &[f32]> = HashMap::new();
+    let mut probes: Vec<(&str, &[f32])> = Vec::new();
+    for (id, e) in embs {
+        if gallery.contains_key(id.as_str()) {
+            probes.push((id, e));
+        } else {
+            gallery.insert(id, e);
+        }
+    }
+    if gallery.len() < 2 || probes.is_empty() {
+        return Err(EvalError::NotEnoughPairs { genuine: probes.len(), impostor: gallery.len().saturating_sub(1) });
+    }
+    let d = |a: &[f32], b: &[f32]| crate::embed::distance(a, b);
+    let mut mated: Vec<(bool, f32)> = Vec::new();
+    let mut strangers: Vec<f32> = Vec::new();
+    for (id, e) in &probes {
+        let mut best: Option<(&str, f32)> = None;
+        let mut best_other = f32::INFINITY;
+        for (gid, ge) in &gallery {
+            let dist = d(e, ge);
+            if best.is_none_or(|b| dist < b.1) {
+                best = Some((gid, dist));
+            }
+            if gid != id {
+                best_other = best_other.min(dist);
+            }
+        }
+        let (bid, bd) = best.expect("gallery is not empty");
+        mated.push((bid == *id, bd));
+        strangers.push(best_other);
+    }
+    let rank1 = mated.iter().filter(|m| m.0).count() as f64 / mated.len() as f64;
+    let mut sorted = strangers.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let allowed = (0.01 * sorted.len() as f64).floor() as usize;
+    // Largest threshold accepting at most `allowed` strangers.
+    let t = sorted.get(allowed).map(|x| x - 1e-6).unwrap_or(f32::INFINITY);
+    let dir = |t: f32| mated.iter().filter(|(ok, dist)| *ok && *dist <= t).count() as f64 / mated.len() as f64;
+    let far = strangers.iter().filter(|&&x| x <= threshold).count() as f64 / strangers.len() as f64;
+    Ok(IdentificationReport {
+        gallery: gallery.len(),
+        probes: probes.len(),
+        rank1,
+        dir_at_far_1pct: AtThreshold { value: dir(t), threshold: t },
+        dir_at_threshold: dir(threshold),
+        far_at_threshold: far,
+        threshold,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +201,24 @@ mod tests {
     fn ties_count_half() {
         let r = verification(&[0.5], &[0.5]).unwrap();
         assert_eq!(r.auc, 0.5);
+    }
+
+    #[test]
+    fn identification_rank1_and_open_set() {
+        let v = |x: f32| crate::embed::normalized(&[x.cos(), x.sin()]);
+        // Two identities far apart, two probes each close to their own.
+        let embs = vec![
+            ("a".to_string(), v(0.0)),
+            ("b".to_string(), v(1.5)),
+            ("a".to_string(), v(0.1)),
+            ("b".to_string(), v(1.45)),
+        ];
+        let r = identification(&embs, 0.4).unwrap();
+        assert_eq!((r.gallery, r.probes), (2, 2));
+        assert_eq!(r.rank1, 1.0);
+        assert_eq!(r.dir_at_threshold, 1.0);
+        assert_eq!(r.far_at_threshold, 0.0);
+        assert_eq!(r.dir_at_far_1pct.value, 1.0);
     }
 
     #[test]

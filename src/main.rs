@@ -450,8 +450,15 @@ fn cmd_eval(cfg: &Config, identities: &Path, json_out: Option<&Path>) -> Result<
     row("best accuracy:", &report.best_accuracy);
     println!("distances:        same person <= {:.4}, different people >= {:.4}", report.genuine_max, report.impostor_min);
     println!("threshold in use: {:.4} (model {})", analyzer.embedder.threshold, analyzer.embedder.model_id());
+    let ident = eval::identification(&embs, analyzer.embedder.threshold).ok();
+    if let Some(r) = &ident {
+        println!("identification:   gallery {} (first photo per person), probes {}", r.gallery, r.probes);
+        println!("rank-1:           {:.4}", r.rank1);
+        println!("DIR @ FAR 1%:     {:.4} at distance <= {:.4}", r.dir_at_far_1pct.value, r.dir_at_far_1pct.threshold);
+        println!("at threshold:     DIR {:.4}, FAR {:.4} (open set: each probe also searched as a stranger)", r.dir_at_threshold, r.far_at_threshold);
+    }
     if let Some(p) = json_out {
-        let v = json!({"photos": embs.len(), "failed": failed, "people": people, "model": analyzer.embedder.model_id(), "verification": report});
+        let v = json!({"photos": embs.len(), "failed": failed, "people": people, "model": analyzer.embedder.model_id(), "verification": report, "identification": ident});
         std::fs::write(p, serde_json::to_string_pretty(&v)?).with_context(|| format!("{}: cannot write", p.display()))?;
     }
     Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
