@@ -71,12 +71,11 @@ impl TrackVote {
         if let Some(b) = best {
             self.best_distance = Some(self.best_distance.map_or(b.distance, |d| d.min(b.distance)));
         }
-        let second = matches.get(1).map(|m| m.distance).unwrap_or(f32::INFINITY);
-        match best {
-            Some(b) if b.distance <= threshold && second - b.distance >= cfg.margin => {
-                let e = self.persons.entry(b.person_id).or_insert((b.name.clone(), 0, f32::INFINITY));
+        match crate::identify::decide(matches, threshold, cfg.margin) {
+            (Some((id, name)), Some(distance)) => {
+                let e = self.persons.entry(id).or_insert((name, 0, f32::INFINITY));
                 e.1 += 1;
-                e.2 = e.2.min(b.distance);
+                e.2 = e.2.min(distance);
             }
             _ => self.unknown += 1,
         }
