@@ -151,31 +151,74 @@ def fs_people(clip_key):
 
 # ---------------------------------------------------------------- vector search
 
+GALLERY_TIMEOUT_S = int(os.environ.get("PEERS_GALLERY_TIMEOUT_S", "1200"))
+
+
+def parse_gallery_progress(text, samples=3):
+    """Rows from bench-gallery's progress lines (stderr), for a run that did not finish: no QPS or
+    memory there, only p50/p99 and recall."""
+    rows, n = [], None
+    for line in text.splitlines():
+        m = re.match(r"(\d+) identities x (\d+): exact scan p50 (\S+) us, p99 (\S+) us, recall@1 (\S+)", line)
+        if m:
+            n = int(m[1])
+            rows.append({"identities": n, "samples": int(m[2]), "method": "exact", "build_s": None,
+                         "memory_mb": None, "p50_us": float(m[3]), "p99_us": float(m[4]), "qps": None,
+                         "recall_at_1": float(m[5]), "agrees_with_exact": 1.0, "partial": True})
+            continue
+        m = re.match(r"(\d+) identities x \d+: HNSW built in (\S+) s", line)
+        if m:
+            build = float(m[2])
+            continue
+        m = re.match(r"\s+ef (\d+): p50 (\S+) us, p99 (\S+) us, recall@1 (\S+), agrees with exact (\S+)", line)
+        if m and n is not None:
+            rows.append({"identities": n, "samples": samples, "method": f"hnsw ef={m[1]}", "build_s": build,
+                         "memory_mb": None, "p50_us": float(m[2]), "p99_us": float(m[3]), "qps": None,
+                         "recall_at_1": float(m[4]), "agrees_with_exact": float(m[5]), "partial": True})
+    return rows
+
+
 def fs_bench_gallery(sizes):
-    """facestream's own gallery benchmark, when the binary has one."""
+    """facestream's own gallery benchmark, when the binary has one: one process per size (so a size
+    that runs past PEERS_GALLERY_TIMEOUT_S, default 1200 s, does not lose the others; rows of an
+    unfinished size are recovered from its progress lines)."""
     h = run([str(BIN), "bench-gallery", "--help"])
     if h.returncode != 0:
         return {"available": False,
                 "note": "`facestream bench-gallery` does not exist in this build: the facestream side "
                         "of the gallery comparison is not available yet"}
     help_text = h.stdout
-    flag = next((f for f in ("--identities", "--sizes", "--n") if f in help_text), None)
+    flag = next((f for f in ("--sizes", "--identities") if f in help_text), None)
     if flag is None or "--json" not in help_text:
         return {"available": True, "ran": False, "help": help_text,
-                "note": "bench-gallery exists but takes neither --identities/--sizes/--n nor --json; "
+                "note": "bench-gallery exists but takes neither --sizes nor --identities with --json; "
                         "run it by hand (its --help is stored here)"}
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        out = f.name
-    try:
-        p = run([str(BIN), "--log", "warn", "bench-gallery", flag, ",".join(map(str, sizes)), "--json", out])
-        res = {"available": True, "ran": True, "exit_code": p.returncode, "stdout": p.stdout[-4000:]}
-        if p.returncode == 0:
-            res["report"] = json.loads(Path(out).read_text())
+    res = {"available": True, "ran": True, "timeout_s": GALLERY_TIMEOUT_S, "runs": [], "report": []}
+    for n in sizes:
+        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+            out = f.name
+        cmd = [str(BIN), "--log", "warn", "bench-gallery", flag, str(n), "--json", out]
+        t = time.perf_counter()
+        try:
+            p = run(cmd, timeout=GALLERY_TIMEOUT_S)
+            code, stdout, stderr = p.returncode, p.stdout, p.stderr
+        except subprocess.TimeoutExpired as e:
+            code = "timeout"
+            stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+            stderr = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        wall = time.perf_counter() - t
+        run_info = {"identities": n, "exit_code": code, "wall_s": wall, "stdout": stdout[-4000:],
+                    "stderr_tail": stderr.strip()[-2000:]}
+        if code == 0:
+            res["report"].extend(json.loads(Path(out).read_text()))
         else:
-            res["stderr_tail"] = p.stderr.strip()[-800:]
-        return res
-    finally:
+            partial = parse_gallery_progress(stderr)
+            run_info["partial_rows"] = len(partial)
+            res["report"].extend(partial)
         os.unlink(out)
+        res["runs"].append(run_info)
+        say(f"  facestream bench-gallery {n}: exit {code} after {wall:.0f} s")
+    return res
 
 
 # ---------------------------------------------------------------- main
@@ -271,8 +314,9 @@ def gallery_comparison(res, peer_rows, fs_rows):
             if p.get("identities") == n and "qps" in p and key(p["engine"], p.get("ef")) == k:
                 rows.append([p["engine"], n, k, p["build_s"], p["rss_delta_mb"], p["p50_us"], p["p99_us"], p["qps"],
                              p["recall_identity"], p["recall_exact"]])
-                ratios.append([f"facestream / {p['engine']}", n, k, f["qps"] / p["qps"], f["p50_us"] / p["p50_us"],
-                               f["build_s"] / p["build_s"] if p["build_s"] > 0.001 else None,
+                ratios.append([f"facestream / {p['engine']}", n, k,
+                               f["qps"] / p["qps"] if f["qps"] else None, f["p50_us"] / p["p50_us"],
+                               f["build_s"] / p["build_s"] if f["build_s"] and p["build_s"] > 0.001 else None,
                                f["recall_at_1"] - p["recall_identity"]])
     table("Gallery search: facestream bench-gallery next to the peers (same sizes, own random draws)",
           ["tool", "identities", "search", "build s", "mem +MB", "p50 us", "p99 us", "QPS", "recall@1 id",
@@ -343,10 +387,13 @@ def report(res):
             say(f"  note: {f['note']}")
         elif not f.get("ran"):
             say(f"  note: {f['note']}")
-        elif "report" not in f:
-            say(f"  facestream bench-gallery exited {f.get('exit_code')}: {f.get('stderr_tail', '')}")
         else:
-            gallery_comparison(res, vec["rows"], f["report"])
+            for r in f.get("runs", []):
+                if r["exit_code"] != 0:
+                    say(f"  note: facestream bench-gallery {r['identities']} did not finish (exit {r['exit_code']} "
+                        f"after {r['wall_s']:.0f} s); {r.get('partial_rows', 0)} rows recovered from its progress lines")
+            if f.get("report"):
+                gallery_comparison(res, vec["rows"], f["report"])
 
     if res.get("ratios"):
         table("facestream / peer (measured in this run; >1 means facestream is faster)",
