@@ -3,7 +3,7 @@
 #   make test    set up, then run every test
 #   make setup   Debian packages + ONNX Runtime + models (idempotent, cached in ~/.cache/facestream)
 #   make setup GPU=1   the same with the CUDA build of ONNX Runtime (NVIDIA machines)
-#   make bench   criterion benchmarks (figures go into BENCHMARKS.md by hand)
+#   make bench   criterion benchmarks, the end-to-end harness and the gallery benchmark
 
 SHELL := /bin/bash
 GPU ?= 0
@@ -71,5 +71,9 @@ test-deps:
 test: setup test-deps
 	$(CARGO) test --release --locked
 
-bench: setup
+# Micro-benchmarks, then the end-to-end harness (figures and how to read them: BENCHMARKS.md).
+bench: build
 	$(CARGO) bench --locked
+	./target/release/facestream --log warn bench --mode throughput --cameras 1,2 --loops 2 --json target/bench-throughput.json
+	./target/release/facestream --log warn bench --mode capacity --cameras 1,2,4,8 --duration 12 --json target/bench-capacity.json
+	./target/release/facestream --log warn bench-gallery --sizes 10000 --samples 3 --ef 16,32,64 --json target/bench-gallery.json
