@@ -70,6 +70,13 @@ fn wait_finished(running: &Running, secs: u64) {
     }
 }
 
+/// Runs the configured pipeline (its own sinks only) until every camera has ended.
+fn run_to_end(cfg: &Config) {
+    let running = topology::start(cfg, gallery(cfg), Vec::new()).unwrap();
+    wait_finished(&running, 120);
+    running.join();
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -180,10 +187,7 @@ fn mosquitto_receives_the_identified_event_on_the_camera_topic() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let cfg = config(&format!("[events.mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"facestream-test\"\n"), false, false);
-    let g = gallery(&cfg);
-    let running = topology::start(&cfg, g, Vec::new()).unwrap();
-    wait_finished(&running, 120);
-    running.join();
+    run_to_end(&cfg);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let msgs = got.lock().unwrap().clone();
@@ -258,10 +262,7 @@ fn webhook_receiver() -> (u16, Arc<Mutex<Vec<(Option<String>, String)>>>) {
 fn webhook_receives_signed_events() {
     let (port, got) = webhook_receiver();
     let cfg = config(&format!("[events.webhook]\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"s3cret\"\n"), false, false);
-    let g = gallery(&cfg);
-    let running = topology::start(&cfg, g, Vec::new()).unwrap();
-    wait_finished(&running, 120);
-    running.join();
+    run_to_end(&cfg);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let msgs = got.lock().unwrap().clone();

@@ -17,6 +17,21 @@ CLIPS = {
 }
 
 
+def frames_rgb(key):
+    """Yields the clip's frames as contiguous RGB arrays, the way both video loops read them."""
+    import cv2  # only the video loops need OpenCV
+    import numpy as np
+
+    cap = cv2.VideoCapture(str(CLIPS[key]))
+    if not cap.isOpened():
+        raise SystemExit(f"cannot open {CLIPS[key]}")
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            return
+        yield np.ascontiguousarray(bgr[:, :, ::-1])
+
+
 def gallery():
     """[(name, [absolute image paths])] as in config/default.toml (paths relative to that file's
     folder's parent, i.e. the repository root, as facestream resolves the embedded default)."""

@@ -13,7 +13,7 @@ import cv2
 import face_recognition
 import numpy as np
 
-from common import CLIPS, Stopwatch, emit, gallery, log, loop_report
+from common import CLIPS, Stopwatch, emit, frames_rgb, gallery, log, loop_report
 
 TOLERANCE = 0.6  # face_recognition.compare_faces' default
 
@@ -35,18 +35,11 @@ def enroll():
 
 
 def run_clip(key, known_names, known_enc):
-    cap = cv2.VideoCapture(str(CLIPS[key]))
-    if not cap.isOpened():
-        raise SystemExit(f"cannot open {CLIPS[key]}")
     frames = faces = 0
     named = set()
     per_frame = []
     sw = Stopwatch()
-    while True:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+    for rgb in frames_rgb(key):
         locations = face_recognition.face_locations(rgb, model="hog")
         encodings = face_recognition.face_encodings(rgb, locations)
         for enc in encodings:
@@ -58,7 +51,6 @@ def run_clip(key, known_names, known_enc):
         faces += len(locations)
         per_frame.append(len(locations))
     wall, cpu = sw.stop()
-    cap.release()
     return loop_report("face_recognition", key, frames, faces, named, wall, cpu,
                        {"faces_by_frame": per_frame, "tolerance": TOLERANCE,
                         "detector": "dlib HOG, 1 upsample, full resolution"})

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from common import CLIPS, ROOT, Stopwatch, emit, gallery, log, loop_report
+from common import CLIPS, ROOT, Stopwatch, emit, frames_rgb, gallery, log, loop_report
 
 MODELS = ROOT / "models"
 MIN_FACE = 40.0
@@ -224,18 +224,11 @@ def enroll(pipe):
 
 
 def run_clip(pipe, key, names, gal):
-    cap = cv2.VideoCapture(str(CLIPS[key]))
-    if not cap.isOpened():
-        raise SystemExit(f"cannot open {CLIPS[key]}")
     frames = faces = faces_09 = 0
     named = set()
     per_frame = []
     sw = Stopwatch()
-    while True:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+    for rgb in frames_rgb(key):
         boxes, desc = pipe.faces(rgb)
         if len(desc):
             d = np.linalg.norm(desc[:, None, :] - gal[None, :, :], axis=2)
@@ -248,7 +241,6 @@ def run_clip(pipe, key, names, gal):
         faces_09 += int((boxes[:, 4] >= 0.9).sum()) if len(boxes) else 0
         per_frame.append(len(boxes))
     wall, cpu = sw.stop()
-    cap.release()
     return loop_report("onnx_python_loop", key, frames, faces, named, wall, cpu,
                        {"faces_by_frame": per_frame, "faces_score_ge_0_9": faces_09,
                         "threshold": SAME_PERSON, "onnxruntime": ort.__version__})
