@@ -14,6 +14,9 @@ use crate::infer::{Model, Runtime};
 
 const PNET_CELL: f32 = 12.0;
 const PNET_STRIDE: f32 = 2.0;
+/// Refine candidates per prior box: (side relative to the box, x shift, y shift in box sides).
+const REFINE_JITTER: [(f32, f32, f32); 7] =
+    [(1.0, 0.0, 0.0), (1.3, 0.0, 0.0), (1.0, 0.2, 0.0), (1.0, -0.2, 0.0), (1.0, 0.0, 0.2), (1.0, 0.0, -0.2), (0.8, 0.0, 0.0)];
 
 /// A candidate box with its score, regression offsets and (after O-Net) landmarks.
 #[derive(Clone, Debug)]
@@ -71,6 +74,51 @@ impl Mtcnn {
             return Ok(Vec::new());
         }
         let mut faces = self.stage_onet(img, cands)?;
+        faces.retain(|f| f.score >= self.cfg.min_score);
+        faces.sort_by(|a, b| b.score.total_cmp(&a.score));
+        Ok(faces)
+    }
+
+    /// Re-detects faces already known from a recent frame: O-Net alone on a square crop around
+    /// each prior box (slightly widened so a face that moved a little is still inside). Much cheaper
+    /// than [`Mtcnn::detect`] (no pyramid, no R-Net); finds no new faces. Used between full
+    /// detections (`detect.full_every`).
+    pub fn refine(&mut self, img: &RgbImage, priors: &[BBox]) -> Result<Vec<Face>, DetectError> {
+        // Candidates around each prior: the box itself, a wider one, and shifts by a fifth of its
+        // side, so a face that moved between frames is inside one of them; R-Net picks and
+        // regresses, then O-Net scores and places landmarks as in the full cascade.
+        let mut cands = Vec::new();
+        for p in priors.iter().filter(|p| p.width() >= 4.0 && p.height() >= 4.0) {
+            let (cx, cy) = p.center();
+            let side = p.width().max(p.height());
+            for (scale, dx, dy) in REFINE_JITTER {
+                let half = side * 0.5 * scale;
+                let (x, y) = (cx + dx * side, cy + dy * side);
+                let mut b = [x - half, y - half, x + half, y + half];
+                square_and_floor(&mut b);
+                cands.push(Cand { b, score: 1.0, reg: [0.0; 4] });
+            }
+        }
+        if cands.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Per prior, the best R-Net candidate (regressed, squared) goes on to O-Net.
+        let threshold = self.cfg.stage_thresholds[1];
+        let scored = self.rnet_eval(img, cands)?;
+        let mut best: Vec<Cand> = scored
+            .chunks(REFINE_JITTER.len())
+            .filter_map(|group| group.iter().filter(|c| c.score > threshold).max_by(|a, b| a.score.total_cmp(&b.score)).cloned())
+            .collect();
+        for c in &mut best {
+            regress(&mut c.b, &c.reg);
+            square_and_floor(&mut c.b);
+        }
+        // Two priors on the same face (a track that split) give one face.
+        let best = nms(best, 0.7, false);
+        if best.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut faces = self.stage_onet(img, best)?;
         faces.retain(|f| f.score >= self.cfg.min_score);
         faces.sort_by(|a, b| b.score.total_cmp(&a.score));
         Ok(faces)
@@ -143,20 +191,22 @@ impl Mtcnn {
         Ok(boxes)
     }
 
-    fn stage_rnet(&mut self, img: &RgbImage, cands: Vec<Cand>) -> Result<Vec<Cand>, DetectError> {
+    /// R-Net on every candidate: each comes back with its R-Net score and regression.
+    fn rnet_eval(&mut self, img: &RgbImage, mut cands: Vec<Cand>) -> Result<Vec<Cand>, DetectError> {
         let n = cands.len();
         self.fill_crops(img, cands.iter().map(|c| c.b), 24)?;
         let out = self.rnet.run(&[("input_2", &[n, 24, 24, 3], &self.input)])?;
         let (reg, prob) = (&out[0], &out[1]);
-        let mut kept = Vec::new();
-        for (i, mut c) in cands.into_iter().enumerate() {
-            let score = prob.data[i * 2 + 1];
-            if score > self.cfg.stage_thresholds[1] {
-                c.score = score;
-                c.reg.copy_from_slice(&reg.data[i * 4..i * 4 + 4]);
-                kept.push(c);
-            }
+        for (i, c) in cands.iter_mut().enumerate() {
+            c.score = prob.data[i * 2 + 1];
+            c.reg.copy_from_slice(&reg.data[i * 4..i * 4 + 4]);
         }
+        Ok(cands)
+    }
+
+    fn stage_rnet(&mut self, img: &RgbImage, cands: Vec<Cand>) -> Result<Vec<Cand>, DetectError> {
+        let threshold = self.cfg.stage_thresholds[1];
+        let kept: Vec<Cand> = self.rnet_eval(img, cands)?.into_iter().filter(|c| c.score > threshold).collect();
         let mut kept = nms(kept, 0.7, false);
         for c in &mut kept {
             regress(&mut c.b, &c.reg);

@@ -48,6 +48,9 @@ pub struct CameraConfig {
     /// Give up after this many failed reconnects in a row (0 = never give up).
     #[serde(default)]
     pub max_retries: u32,
+    /// Wait this long before starting (not a config key: the bench harness staggers its cameras).
+    #[serde(skip)]
+    pub start_delay: std::time::Duration,
 }
 
 fn yes() -> bool {

@@ -177,6 +177,11 @@ enum RunEnd {
 /// Runs one camera until it ends, fails for good, or `stop` is set.
 pub fn run_camera(cam: CameraConfig, base: &Path, sink: Arc<dyn FrameSink>, status: Arc<Mutex<CameraStatus>>, stop: Arc<AtomicBool>, seed: u64) {
     let camera: Arc<str> = Arc::from(cam.id.as_str());
+    // Staggered start (the bench harness spreads looped clips so their loops do not coincide).
+    let start_at = Instant::now() + cam.start_delay;
+    while Instant::now() < start_at && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let set_state = |state: CameraState, error: Option<String>| {
         if let Ok(mut s) = status.lock() {
             s.state = state;

@@ -10,6 +10,7 @@ pub const FRAMES_RECEIVED: &str = "facestream_frames_received_total";
 pub const FRAMES_PROCESSED: &str = "facestream_frames_processed_total";
 pub const FRAMES_DROPPED: &str = "facestream_frames_dropped_total";
 pub const FACES_DETECTED: &str = "facestream_faces_detected_total";
+pub const DETECT_FRAMES: &str = "facestream_detect_frames_total";
 pub const TRACKS_STARTED: &str = "facestream_tracks_started_total";
 pub const EMBEDDINGS: &str = "facestream_embeddings_total";
 pub const EMBED_REQUESTS_DROPPED: &str = "facestream_embed_requests_dropped_total";
@@ -34,6 +35,7 @@ pub struct Metrics {
     pub frames_processed: IntCounterVec,
     pub frames_dropped: IntCounterVec,
     pub faces_detected: IntCounterVec,
+    pub detect_frames: IntCounterVec,
     pub tracks_started: IntCounterVec,
     pub embeddings: IntCounterVec,
     pub embed_requests_dropped: IntCounterVec,
@@ -103,6 +105,7 @@ impl Metrics {
             frames_processed: counter(&r, FRAMES_PROCESSED, "Frames that went through detection and tracking", &["camera"]),
             frames_dropped: counter(&r, FRAMES_DROPPED, "Frames not processed, by reason (queue_full: the pipeline was behind; fps_cap: skipped by max_fps)", &["camera", "reason"]),
             faces_detected: counter(&r, FACES_DETECTED, "Faces found by the detector", &["camera"]),
+            detect_frames: counter(&r, DETECT_FRAMES, "Frames detected, by mode (full: the whole cascade; refine: known faces only)", &["camera", "mode"]),
             tracks_started: counter(&r, TRACKS_STARTED, "Confirmed face tracks", &["camera"]),
             embeddings: counter(&r, EMBEDDINGS, "Faces embedded", &["camera"]),
             embed_requests_dropped: counter(&r, EMBED_REQUESTS_DROPPED, "Embedding requests dropped because the batcher queue was full", &["camera"]),

@@ -99,6 +99,18 @@ struct CameraInput {
     camera: Arc<str>,
     rx: Receiver<FrameMsg>,
     next_ticket: Mutex<u64>,
+    /// The newest detection result of this camera, for the refine-only frames.
+    recent: Mutex<Recent>,
+    /// Offset of this camera's full detections in the `full_every` cycle, so that the cameras'
+    /// expensive frames do not all fall on the same moment.
+    phase: u64,
+}
+
+/// Faces of the newest detected frame of a camera (by ticket).
+#[derive(Default)]
+struct Recent {
+    ticket: Option<u64>,
+    boxes: Vec<BBox>,
 }
 
 struct EmbedRequest {
@@ -230,6 +242,7 @@ pub fn start(cfg: &Config, gallery: SharedGallery, mut extra_sinks: Vec<Box<dyn 
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
+    let decided: Decided = Arc::default();
     let (track_tx, track_rx) = bounded::<TrackMsg>(16);
     let (embed_tx, embed_rx) = bounded::<EmbedRequest>(cfg.pipeline.embed_queue);
     let (batch_tx, batch_rx) = bounded::<Vec<EmbedRequest>>(cfg.pipeline.embed_workers * 2);
@@ -241,7 +254,7 @@ pub fn start(cfg: &Config, gallery: SharedGallery, mut extra_sinks: Vec<Box<dyn 
     let mut min_faces = HashMap::new();
     for (i, cam) in cams.iter().enumerate() {
         let (tx, rx) = bounded::<FrameMsg>(cfg.pipeline.camera_queue);
-        inputs.push(CameraInput { camera: Arc::from(cam.id.as_str()), rx: rx.clone(), next_ticket: Mutex::new(0) });
+        inputs.push(CameraInput { camera: Arc::from(cam.id.as_str()), rx: rx.clone(), next_ticket: Mutex::new(0), recent: Mutex::new(Recent::default()), phase: inputs.len() as u64 });
         min_faces.insert(Arc::<str>::from(cam.id.as_str()), cam.min_face.unwrap_or(cfg.detect.min_face));
         let status = Arc::new(Mutex::new(CameraStatus {
             id: cam.id.clone(),
@@ -281,7 +294,8 @@ pub fn start(cfg: &Config, gallery: SharedGallery, mut extra_sinks: Vec<Box<dyn 
 
     {
         let (tcfg, vote_tx) = (cfg.track.clone(), vote_tx.clone());
-        spawn(&mut threads, "track".into(), move || track_stage(tcfg, track_rx, embed_tx, vote_tx))?;
+        let decided = decided.clone();
+        spawn(&mut threads, "track".into(), move || track_stage(tcfg, track_rx, embed_tx, vote_tx, decided))?;
     }
     {
         let bcfg = cfg.batch.clone();
@@ -295,7 +309,7 @@ pub fn start(cfg: &Config, gallery: SharedGallery, mut extra_sinks: Vec<Box<dyn 
     drop(vote_tx);
     {
         let (vcfg, show_states) = (cfg.identify.clone(), cfg.events.camera_states);
-        spawn(&mut threads, "events".into(), move || vote_stage(vcfg, vote_rx, sinks, show_states))?;
+        spawn(&mut threads, "events".into(), move || vote_stage(vcfg, vote_rx, sinks, show_states, decided))?;
     }
     Ok(Running { stop, threads, cameras: statuses, gallery })
 }
@@ -390,6 +404,7 @@ impl FrameSink for CameraQueue {
 fn detect_worker(det: &mut Mtcnn, inputs: &[CameraInput], tx: Sender<TrackMsg>, min_faces: &HashMap<Arc<str>, f32>) {
     let m = metrics();
     let default_min = det.config().min_face;
+    let every = u64::from(det.config().full_every.max(1));
     let mut alive: Vec<usize> = (0..inputs.len()).collect();
     while !alive.is_empty() {
         let mut sel = Select::new();
@@ -421,7 +436,21 @@ fn detect_worker(det: &mut Mtcnn, inputs: &[CameraInput], tx: Sender<TrackMsg>, 
             FrameMsg::Frame(frame) => {
                 let started = Instant::now();
                 let min_face = min_faces.get(&frame.camera).copied().unwrap_or(default_min);
-                let faces = match det.detect_with_min_face(&frame.image, min_face) {
+                // Full cascade every `full_every` frames, or when the newest result is too old
+                // (a worker fell behind, the camera restarted); else refine the known faces.
+                let priors = {
+                    let recent = input.recent.lock().unwrap_or_else(|p| p.into_inner());
+                    match recent.ticket {
+                        Some(t) if every > 1 && (ticket + input.phase) % every != 0 && ticket < t + every => Some(recent.boxes.clone()),
+                        _ => None,
+                    }
+                };
+                let mode = if priors.is_some() { "refine" } else { "full" };
+                let result = match &priors {
+                    Some(boxes) => det.refine(&frame.image, boxes),
+                    None => det.detect_with_min_face(&frame.image, min_face),
+                };
+                let faces = match result {
                     Ok(f) => f,
                     Err(e) => {
                         tracing::warn!(camera = %input.camera, seq = frame.seq, error = %e, "detection failed on a frame");
@@ -429,6 +458,13 @@ fn detect_worker(det: &mut Mtcnn, inputs: &[CameraInput], tx: Sender<TrackMsg>, 
                     }
                 };
                 m.stage_seconds.with_label_values(&["detect"]).observe(started.elapsed().as_secs_f64());
+                m.detect_frames.with_label_values(&[&frame.camera, mode]).inc();
+                {
+                    let mut recent = input.recent.lock().unwrap_or_else(|p| p.into_inner());
+                    if recent.ticket.is_none_or(|t| t < ticket) {
+                        *recent = Recent { ticket: Some(ticket), boxes: faces.iter().map(|f| f.bbox).collect() };
+                    }
+                }
                 m.capture_to_detect.observe(frame.captured_instant.elapsed().as_secs_f64());
                 m.faces_detected.with_label_values(&[&frame.camera]).inc_by(faces.len() as u64);
                 TrackMsg::Detected { frame, faces, ticket }
@@ -449,7 +485,13 @@ struct TrackInfo {
     requested: u32,
     best_quality: f32,
     last_embed: Option<Instant>,
+    /// The vote stage has named the track (a person or unknown).
+    decided: bool,
 }
+
+/// Tracks whose identity the vote stage has decided, handed back to the track stage so it stops
+/// spending embeddings on them (a set, not a queue: nothing to drop).
+type Decided = Arc<Mutex<std::collections::HashSet<(Arc<str>, u64)>>>;
 
 struct CameraTracks {
     tracker: Tracker,
@@ -459,7 +501,7 @@ struct CameraTracks {
     pending: std::collections::BTreeMap<u64, TrackMsg>,
 }
 
-fn track_stage(cfg: TrackConfig, rx: Receiver<TrackMsg>, embed_tx: Sender<EmbedRequest>, vote_tx: Sender<VoteMsg>) {
+fn track_stage(cfg: TrackConfig, rx: Receiver<TrackMsg>, embed_tx: Sender<EmbedRequest>, vote_tx: Sender<VoteMsg>, decided: Decided) {
     let mut cams: HashMap<Arc<str>, CameraTracks> = HashMap::new();
     let mut crop = vec![0u8; CROP_BYTES];
     for msg in rx {
@@ -467,6 +509,14 @@ fn track_stage(cfg: TrackConfig, rx: Receiver<TrackMsg>, embed_tx: Sender<EmbedR
             TrackMsg::Detected { frame, ticket, .. } => (frame.camera.clone(), *ticket),
             TrackMsg::End { camera, ticket } => (camera.clone(), *ticket),
         };
+        {
+            let mut d = decided.lock().unwrap_or_else(|p| p.into_inner());
+            for (cam, id) in d.drain() {
+                if let Some(info) = cams.get_mut(&cam).and_then(|c| c.info.get_mut(&id)) {
+                    info.decided = true;
+                }
+            }
+        }
         let ct = cams.entry(camera.clone()).or_insert_with(|| CameraTracks {
             tracker: Tracker::new(cfg.clone()),
             info: HashMap::new(),
@@ -528,6 +578,7 @@ fn track_frame(
 ) -> bool {
     let m = metrics();
     let refresh = Duration::from_secs_f32(cfg.refresh_seconds);
+    let decided_refresh = Duration::from_secs_f32(cfg.decided_refresh_seconds);
     let upd = ct.tracker.update(faces);
     m.frames_processed.with_label_values(&[camera]).inc();
     for id in &upd.confirmed {
@@ -536,7 +587,7 @@ fn track_frame(
         m.tracks_started.with_label_values(&[camera]).inc();
         ct.info.insert(
             *id,
-            TrackInfo { first_seen: frame.captured_at, last_seen: frame.captured_at, frames: 0, requested: 0, best_quality: 0.0, last_embed: None },
+            TrackInfo { first_seen: frame.captured_at, last_seen: frame.captured_at, frames: 0, requested: 0, best_quality: 0.0, last_embed: None, decided: false },
         );
         let _ = vote_tx.send(VoteMsg::Started { camera: camera.clone(), track: *id, bbox: f.bbox, score: f.score, at: frame.captured_at });
     }
@@ -549,9 +600,12 @@ fn track_frame(
             continue;
         }
         let q = quality::geometric(face);
-        let due = info.requested == 0
-            || q > info.best_quality * cfg.quality_gain
-            || info.last_embed.is_some_and(|t| frame.captured_instant.duration_since(t) >= refresh);
+        let since_last = |t: Instant| frame.captured_instant.duration_since(t);
+        let due = if info.decided {
+            info.last_embed.is_none_or(|t| since_last(t) >= decided_refresh)
+        } else {
+            info.requested == 0 || q > info.best_quality * cfg.quality_gain || info.last_embed.is_some_and(|t| since_last(t) >= refresh)
+        };
         if !due {
             continue;
         }
@@ -652,7 +706,7 @@ struct VoteState {
     ended: Option<(SystemTime, SystemTime, u64, u32)>,
 }
 
-fn vote_stage(cfg: VoteConfig, rx: Receiver<VoteMsg>, mut sinks: Vec<Box<dyn EventSink>>, show_states: bool) {
+fn vote_stage(cfg: VoteConfig, rx: Receiver<VoteMsg>, mut sinks: Vec<Box<dyn EventSink>>, show_states: bool, decided: Decided) {
     let m = metrics();
     let mut tracks: HashMap<(Arc<str>, u64), VoteState> = HashMap::new();
     let mut emit = |e: Event, sinks: &mut Vec<Box<dyn EventSink>>| {
@@ -699,6 +753,7 @@ fn vote_stage(cfg: VoteConfig, rx: Receiver<VoteMsg>, mut sinks: Vec<Box<dyn Eve
                 st.received += 1;
                 if let Ok(matches) = matches {
                     if let Some(d) = st.vote.add(&matches, threshold, &cfg) {
+                        decided.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone());
                         let latency = captured_instant.elapsed().as_secs_f64();
                         m.capture_to_event.with_label_values(&[&camera]).observe(latency);
                         let outcome = if d.person.is_some() { "known" } else { "unknown" };

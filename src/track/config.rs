@@ -24,6 +24,9 @@ pub struct TrackConfig {
     pub quality_gain: f32,
     /// Re-embed at least this often (seconds) while a track is unidentified, within max_embeddings.
     pub refresh_seconds: f32,
+    /// Once a track's identity is decided (known or unknown), re-embed only this often (seconds)
+    /// to confirm or correct it, within max_embeddings.
+    pub decided_refresh_seconds: f32,
 }
 
 impl Default for TrackConfig {
@@ -38,6 +41,7 @@ impl Default for TrackConfig {
             max_embeddings: 8,
             quality_gain: 1.15,
             refresh_seconds: 0.5,
+            decided_refresh_seconds: 2.0,
         }
     }
 }
@@ -68,6 +72,9 @@ impl TrackConfig {
         }
         if self.refresh_seconds < 0.0 {
             return Err(("refresh_seconds".into(), "must not be negative".into()));
+        }
+        if self.decided_refresh_seconds < 0.0 {
+            return Err(("decided_refresh_seconds".into(), "must not be negative".into()));
         }
         Ok(())
     }
