@@ -146,7 +146,8 @@ enum Command {
         #[arg(long)]
         store: Option<PathBuf>,
     },
-    /// Gallery search benchmark on synthetic clustered embeddings: exact scan vs HNSW.
+    /// Gallery search benchmark on synthetic clustered embeddings: exact scan vs the HNSW graph vs
+    /// the sketch scan, each through `Gallery::search`.
     BenchGallery {
         /// Identities per run, comma separated.
         #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
@@ -154,9 +155,12 @@ enum Command {
         /// Noisy samples per identity.
         #[arg(long, default_value_t = 3)]
         samples: usize,
-        /// HNSW ef values to try.
+        /// ef values to try (HNSW search breadth; shortlist length of the sketch scan).
         #[arg(long, value_delimiter = ',', default_value = "16,32,64,128")]
         ef: Vec<usize>,
+        /// Indexes to measure besides the exact scan: hnsw, sketch.
+        #[arg(long, value_delimiter = ',', default_value = "hnsw,sketch", value_parser = ["hnsw", "sketch"])]
+        methods: Vec<String>,
         /// Queries per measurement.
         #[arg(long, default_value_t = 1000)]
         queries: usize,
@@ -237,8 +241,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Enroll { name, images, dir, r#box, store } => cmd_enroll(&cfg, name, images, dir, r#box, store),
         Command::Gallery { action, store } => cmd_gallery(&cfg, action, store),
         Command::Identify { image, draw, store } => cmd_identify(&cfg, &image, draw.as_deref(), store),
-        Command::BenchGallery { sizes, samples, ef, queries, json } => {
-            let reports = facestream::gallery::bench::run(&sizes, samples, &ef, queries, 42, |line| eprintln!("{line}"));
+        Command::BenchGallery { sizes, samples, ef, methods, queries, json } => {
+            let methods: Vec<&str> = methods.iter().map(String::as_str).collect();
+            let reports = facestream::gallery::bench::run(&sizes, samples, &ef, &methods, queries, 42, |line| eprintln!("{line}"));
             print!("{}", facestream::gallery::bench::table(&reports));
             if let Some(p) = json {
                 std::fs::write(&p, serde_json::to_string_pretty(&reports)?).with_context(|| format!("{}: cannot write", p.display()))?;
@@ -529,7 +534,7 @@ fn cmd_run(cfg: &Config, file: &Path, duration: f64) -> Result<ExitCode> {
     } else {
         None
     };
-    let running = facestream::topology::start(cfg, gallery, vec![Box::new(state.event_sink())])?;
+    let running = facestream::topology::start(cfg, gallery.clone(), vec![Box::new(state.event_sink())])?;
     if let Ok(mut c) = state.cameras.lock() {
         *c = running.cameras.clone();
     }
@@ -570,6 +575,12 @@ fn cmd_run(cfg: &Config, file: &Path, duration: f64) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             break;
+        }
+        // Housekeeping: a gallery index rebuilt in the background is swapped in.
+        if gallery.read().is_ok_and(|g| g.rebuild_ready()) {
+            if let Ok(mut g) = gallery.write() {
+                g.maintain();
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -1,15 +1,9 @@
-//! Nearest-neighbour search over unit embeddings: the exact distance used by the scan, and an
-//! HNSW index (hnsw_rs with cosine distance; `DistDot` panics on normalised self-queries because
-//! rounding pushes the dot product above 1).
+//! The distance kernels of the gallery: the exact scan's dot product (AVX2 when available) and
+//! the Euclidean distance between unit vectors derived from it.
 
-use hnsw_rs::prelude::{DistCosine, Hnsw};
-
-use crate::embed::DIM;
-
-/// Default search breadth (recall@1 >= 0.99 on near-duplicate queries in the gallery bench).
+/// Default search breadth: HNSW beam width, and the shortlist the sketch scan re-ranks
+/// (recall@1 >= 0.99 on near-duplicate queries in the gallery bench up to 1M identities).
 pub const DEFAULT_EF: usize = 64;
-const M: usize = 16;
-const EF_CONSTRUCTION: usize = 200;
 
 /// Euclidean distance between unit vectors from their dot product: sqrt(2 - 2 cos).
 #[inline]
@@ -57,39 +51,10 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     dot
 }
 
-pub struct HnswIndex {
-    hnsw: Hnsw<'static, f32, DistCosine>,
-}
-
-impl HnswIndex {
-    /// Builds over the samples whose owner is not 0; sample slot numbers are the index's ids.
-    pub fn build(vectors: &[f32], owners: &[u64]) -> Self {
-        let n = owners.len();
-        let layers = 16.min((n.max(2) as f32).ln().ceil() as usize).max(1);
-        let hnsw = Hnsw::<f32, DistCosine>::new(M, n.max(1024), layers, EF_CONSTRUCTION, DistCosine {});
-        let data: Vec<(&[f32], usize)> =
-            (0..n).filter(|&i| owners[i] != 0).map(|i| (&vectors[i * DIM..(i + 1) * DIM], i)).collect();
-        hnsw.parallel_insert_slice(&data);
-        Self { hnsw }
-    }
-
-    pub fn insert(&self, v: &[f32], slot: usize) {
-        self.hnsw.insert_slice((v, slot));
-    }
-
-    /// (slot, Euclidean distance between unit vectors), nearest first.
-    pub fn search(&self, q: &[f32], k: usize, ef: usize) -> Vec<(usize, f32)> {
-        self.hnsw
-            .search(q, k, ef)
-            .into_iter()
-            .map(|n| (n.d_id, (2.0 * n.distance.max(0.0)).sqrt()))
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::embed::DIM;
 
     #[test]
     fn unit_distance_matches_the_plain_formula() {

@@ -221,15 +221,23 @@ impl Store {
             return Err(StoreError::ModelMismatch { count: foreign.len(), found: first.model_id.clone(), running: running_model.to_string() });
         }
         let mut n = 0;
+        // The index is built once at the end (or reloaded from its dump beside the store when
+        // that dump was made for exactly these persons and samples).
+        gallery.index_dump = Some(self.path.with_extension("hnsw"));
+        gallery.begin_bulk();
         for s in samples {
             if s.embedding.len() != DIM {
                 continue;
             }
             if let Some(name) = names.get(&s.person_id) {
-                gallery.add_with_id(s.person_id, name, s.embedding).map_err(|e| StoreError::Open { path: self.path.clone(), reason: e.to_string() })?;
+                if let Err(e) = gallery.add_with_id(s.person_id, name, s.embedding) {
+                    gallery.end_bulk();
+                    return Err(StoreError::Open { path: self.path.clone(), reason: e.to_string() });
+                }
                 n += 1;
             }
         }
+        gallery.end_bulk();
         Ok(n)
     }
 
@@ -294,5 +302,40 @@ mod tests {
         assert!(s.remove_person(id).unwrap());
         assert!(s.samples(None).unwrap().is_empty(), "samples go with their person");
         assert_eq!(s.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn the_hnsw_index_is_dumped_beside_the_store_and_reloaded_only_while_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let mut s = Store::open(&path).unwrap();
+        let vec_of = |i: usize| crate::gallery::hnsw::tests::random_unit(1, i as u64 + 1);
+        for i in 0..300 {
+            s.add_sample(&format!("p{i}"), &vec_of(i), "m1", 0.9, "x").unwrap();
+        }
+        let load = |s: &Store| {
+            let mut g = Gallery::new();
+            g.crossover = 100;
+            g.index_kind = crate::gallery::IndexKind::Hnsw;
+            s.load_into(&mut g, "m1").unwrap();
+            g
+        };
+        let g1 = load(&s);
+        let dump = path.with_extension("hnsw");
+        let first = std::fs::read(&dump).expect("dump written after the build");
+        let g2 = load(&s);
+        for i in (0..300).step_by(23) {
+            assert_eq!(g1.search(&vec_of(i), 3), g2.search(&vec_of(i), 3));
+            assert_eq!(g2.search(&vec_of(i), 1)[0].name, format!("p{i}"));
+        }
+        assert_eq!(std::fs::read(&dump).unwrap(), first, "a current dump is reused, not rewritten");
+        // The store changes: the old dump no longer matches, the index is rebuilt and re-dumped.
+        s.add_sample("newcomer", &vec_of(999), "m1", 0.9, "y").unwrap();
+        let g3 = load(&s);
+        assert_eq!(g3.search(&vec_of(999), 1)[0].name, "newcomer");
+        assert_ne!(std::fs::read(&dump).unwrap(), first);
+        // A damaged dump is ignored (rebuilt), never trusted.
+        std::fs::write(&dump, b"FSHNSW01 garbage").unwrap();
+        assert_eq!(load(&s).search(&vec_of(5), 1)[0].name, "p5");
     }
 }
