@@ -70,6 +70,13 @@ pub struct RunReport {
     pub capture_to_detect: Percentiles,
     pub capture_to_embed: Percentiles,
     pub capture_to_event: Percentiles,
+    /// Time inside the detector per processed frame, and inside the embedding session per face
+    /// (batching included): the pipeline's stage costs, next to the criterion figures.
+    pub detect_ms_per_frame: f64,
+    pub embed_ms_per_face: f64,
+    /// The same in CPU time of the stage's thread (what the work costs, without waiting for a core).
+    pub detect_cpu_ms_per_frame: f64,
+    pub embed_cpu_ms_per_face: f64,
     /// Frames through the full detection cascade, and frames only refined (`detect.full_every`).
     pub detect_full: u64,
     pub detect_refine: u64,
@@ -117,7 +124,11 @@ fn snapshot() -> Snapshot {
             }
             if kind == prometheus::proto::MetricType::HISTOGRAM {
                 let h = m.get_histogram();
-                let buckets = h.get_bucket().iter().map(|b| (b.upper_bound(), b.cumulative_count())).collect();
+                let buckets: Vec<(f64, u64)> = h.get_bucket().iter().map(|b| (b.upper_bound(), b.cumulative_count())).collect();
+                // Per-stage histograms are also kept apart, as `name:stage`.
+                if let Some((_, stage)) = labels.iter().find(|(k, _)| k == "stage") {
+                    s.hists.push((format!("{name}:{stage}"), buckets.clone(), h.get_sample_sum(), h.get_sample_count()));
+                }
                 s.hists.push((name.clone(), buckets, h.get_sample_sum(), h.get_sample_count()));
             }
         }
@@ -315,6 +326,9 @@ fn report(mode: Mode, n: usize, b: &Snapshot, a: &Snapshot, wall: f64, cpu: f64)
     let (_, bsum, bcount) = delta_hist(b, a, telemetry::BATCH_SIZE);
     let capture_to_embed = percentiles(b, a, telemetry::CAPTURE_TO_EMBED_SECONDS);
     let capture_to_event = percentiles(b, a, telemetry::CAPTURE_TO_EVENT_SECONDS);
+    let stage_sum = |stage: &str| delta_hist(b, a, &format!("{}:{stage}", telemetry::STAGE_SECONDS)).1;
+    let embeddings = d(telemetry::EMBEDDINGS, None);
+    let stage_cpu = |stage: &str| (a.counter(telemetry::STAGE_CPU_SECONDS, Some(("stage", stage))) - b.counter(telemetry::STAGE_CPU_SECONDS, Some(("stage", stage)))).max(0.0);
     let drop_pct = if received > 0 { queue_full as f64 * 100.0 / received as f64 } else { 0.0 };
     RunReport {
         mode,
@@ -326,7 +340,11 @@ fn report(mode: Mode, n: usize, b: &Snapshot, a: &Snapshot, wall: f64, cpu: f64)
         frames_per_s_per_camera: processed as f64 / wall / n as f64,
         faces_detected: faces,
         faces_per_s: faces as f64 / wall,
-        embeddings: d(telemetry::EMBEDDINGS, None),
+        embeddings,
+        detect_ms_per_frame: if processed > 0 { stage_sum("detect") * 1e3 / processed as f64 } else { 0.0 },
+        embed_ms_per_face: if embeddings > 0 { stage_sum("embed") * 1e3 / embeddings as f64 } else { 0.0 },
+        detect_cpu_ms_per_frame: if processed > 0 { stage_cpu("detect") * 1e3 / processed as f64 } else { 0.0 },
+        embed_cpu_ms_per_face: if embeddings > 0 { stage_cpu("embed") * 1e3 / embeddings as f64 } else { 0.0 },
         dropped_queue_full: queue_full,
         dropped_embed_requests: d(telemetry::EMBED_REQUESTS_DROPPED, None),
         drop_pct,

@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub const FRAMES_RECEIVED: &str = "facestream_frames_received_total";
 pub const FRAMES_PROCESSED: &str = "facestream_frames_processed_total";
@@ -22,6 +22,7 @@ pub const CAMERA_STATE: &str = "facestream_camera_state";
 pub const CAMERA_RECONNECTS: &str = "facestream_camera_reconnects_total";
 pub const QUEUE_DEPTH: &str = "facestream_queue_depth";
 pub const GALLERY_SIZE: &str = "facestream_gallery_persons";
+pub const STAGE_CPU_SECONDS: &str = "facestream_stage_cpu_seconds_total";
 pub const STAGE_SECONDS: &str = "facestream_stage_duration_seconds";
 pub const CAPTURE_TO_EVENT_SECONDS: &str = "facestream_capture_to_event_seconds";
 pub const CAPTURE_TO_DETECT_SECONDS: &str = "facestream_capture_to_detect_seconds";
@@ -48,6 +49,7 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     pub gallery_size: IntGauge,
     pub stage_seconds: HistogramVec,
+    pub stage_cpu_seconds: CounterVec,
     pub capture_to_event: HistogramVec,
     pub capture_to_detect: Histogram,
     pub capture_to_embed: Histogram,
@@ -98,6 +100,8 @@ impl Metrics {
         };
         let capture_to_detect = hist(CAPTURE_TO_DETECT_SECONDS, "From frame capture to the end of its detection (queueing included)");
         let capture_to_embed = hist(CAPTURE_TO_EMBED_SECONDS, "From frame capture to the embedding of a face from it (batching included)");
+        let stage_cpu_seconds = CounterVec::new(Opts::new(STAGE_CPU_SECONDS, "CPU time of the thread doing a stage's work (detect, embed): its cost apart from waiting for a core"), &["stage"]).expect("valid metric");
+        r.register(Box::new(stage_cpu_seconds.clone())).expect("unique metric");
         let gallery_size = IntGauge::new(GALLERY_SIZE, "Persons in the gallery").expect("valid metric");
         r.register(Box::new(gallery_size.clone())).expect("unique metric");
         Self {
@@ -118,6 +122,7 @@ impl Metrics {
             queue_depth: gauge(&r, QUEUE_DEPTH, "Items waiting in a stage's input queue", &["queue"]),
             gallery_size,
             stage_seconds,
+            stage_cpu_seconds,
             capture_to_event,
             capture_to_detect,
             capture_to_embed,
@@ -133,6 +138,14 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// CPU seconds used by the calling thread so far.
+pub fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the struct passed; the clock id is a constant.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc == 0 { ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9 } else { 0.0 }
 }
 
 /// The process-wide metrics.

@@ -435,6 +435,7 @@ fn detect_worker(det: &mut Mtcnn, inputs: &[CameraInput], tx: Sender<TrackMsg>, 
             FrameMsg::End { camera } => TrackMsg::End { camera, ticket },
             FrameMsg::Frame(frame) => {
                 let started = Instant::now();
+                let cpu = crate::telemetry::thread_cpu_seconds();
                 let min_face = min_faces.get(&frame.camera).copied().unwrap_or(default_min);
                 // Full cascade every `full_every` frames, or when the newest result is too old
                 // (a worker fell behind, the camera restarted); else refine the known faces.
@@ -458,6 +459,7 @@ fn detect_worker(det: &mut Mtcnn, inputs: &[CameraInput], tx: Sender<TrackMsg>, 
                     }
                 };
                 m.stage_seconds.with_label_values(&["detect"]).observe(started.elapsed().as_secs_f64());
+                m.stage_cpu_seconds.with_label_values(&["detect"]).inc_by((crate::telemetry::thread_cpu_seconds() - cpu).max(0.0));
                 m.detect_frames.with_label_values(&[&frame.camera, mode]).inc();
                 {
                     let mut recent = input.recent.lock().unwrap_or_else(|p| p.into_inner());
@@ -670,8 +672,10 @@ fn embed_worker(emb: &mut Embedder, rx: Receiver<Vec<EmbedRequest>>, tx: Sender<
             buf.extend_from_slice(&r.crop);
         }
         let started = Instant::now();
+        let cpu = crate::telemetry::thread_cpu_seconds();
         let result = emb.embed_crops(&buf);
         m.stage_seconds.with_label_values(&["embed"]).observe(started.elapsed().as_secs_f64());
+        m.stage_cpu_seconds.with_label_values(&["embed"]).inc_by((crate::telemetry::thread_cpu_seconds() - cpu).max(0.0));
         let started = Instant::now();
         let outcomes: Vec<Result<Vec<Match>, String>> = match result {
             Ok(embs) => {
