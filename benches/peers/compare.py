@@ -282,6 +282,17 @@ def main():
                 rows.extend(r if isinstance(r, list) else [dict(r, engine=e, identities=n)])
         res["vectors"] = {"rows": rows, "facestream": fs_bench_gallery(sizes)}
 
+    # A part skipped in this run keeps its figures from the previous results file, marked as such.
+    if RESULTS.exists():
+        try:
+            old = json.loads(RESULTS.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        for part, skipped in (("video", a.skip_video), ("vectors", a.skip_vectors)):
+            if skipped and part in old:
+                res[part] = dict(old[part], carried_over_from_run_started=old[part].get(
+                    "carried_over_from_run_started", old.get("started")))
+
     res["total_wall_s"] = time.perf_counter() - t_start
     res["machine"]["loadavg_end"] = os.getloadavg()
     report(res)

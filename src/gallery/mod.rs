@@ -1,5 +1,7 @@
-//! The gallery: who the pipeline knows. Persons with one or more embeddings each; lookup is an
-//! exact scan that keeps each person's best (smallest) distance, so every sample of a person counts.
+//! The gallery: who the pipeline knows. Persons with one or more embeddings each; a person's
+//! distance is their best (smallest) sample's, so every sample counts. Small galleries are scanned
+//! exactly; large ones use an index over one template per person (a sketch scan or an HNSW graph)
+//! for a shortlist that is then ranked exactly.
 //! Shared behind a read-write lock so enrollments are seen by running cameras at once.
 
 pub mod bench;
@@ -49,8 +51,8 @@ pub struct PersonInfo {
 }
 
 /// In-memory gallery: every sample of every person in one contiguous array (exact scan), plus an
-/// HNSW index over the same samples once the gallery is large. Removal tombstones a person's
-/// samples; the index is rebuilt when tombstones pile up.
+/// index over the persons' templates once the gallery is large. Removal tombstones a person's
+/// samples; the index is rebuilt in the background when removed entries pile up.
 pub struct Gallery {
     persons: HashMap<u64, PersonInfo>,
     by_name: HashMap<String, u64>,
@@ -444,7 +446,7 @@ impl Gallery {
         }
     }
 
-    /// Builds the HNSW index over every person's template now (parallel insert), or reloads
+    /// Builds the index over every person's template now (the HNSW graph in parallel), or reloads
     /// its dump when that was made for exactly these templates.
     pub fn rebuild_index(&mut self) {
         let (templates, ids) = self.templates();

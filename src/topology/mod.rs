@@ -101,9 +101,42 @@ struct CameraInput {
     next_ticket: Mutex<u64>,
     /// The newest detection result of this camera, for the refine-only frames.
     recent: Mutex<Recent>,
+    /// Signalled when `recent` changes (a refine frame waits for its predecessor's result).
+    recent_changed: std::sync::Condvar,
     /// Offset of this camera's full detections in the `full_every` cycle, so that the cameras'
     /// expensive frames do not all fall on the same moment.
     phase: u64,
+}
+
+/// Longest a refine frame waits for the result of the frame before it.
+const REFINE_WAIT: Duration = Duration::from_millis(250);
+
+impl CameraInput {
+    /// Records the faces found on frame `ticket` (when it is the newest) and wakes waiters.
+    fn publish(&self, ticket: u64, boxes: Vec<BBox>) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.ticket.is_none_or(|t| t < ticket) {
+            *recent = Recent { ticket: Some(ticket), boxes };
+        }
+        self.recent_changed.notify_all();
+    }
+
+    /// The faces of the newest result from frame `from` on, waiting up to `wait` for a worker
+    /// that still detects frame `from`; `None` when it does not come in time.
+    fn known_since(&self, from: u64, wait: Duration) -> Option<Vec<BBox>> {
+        let deadline = Instant::now() + wait;
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if recent.ticket.is_some_and(|t| t >= from) {
+                return Some(recent.boxes.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            recent = self.recent_changed.wait_timeout(recent, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
 }
 
 /// Faces of the newest detected frame of a camera (by ticket).
@@ -254,7 +287,7 @@ pub fn start(cfg: &Config, gallery: SharedGallery, mut extra_sinks: Vec<Box<dyn 
     let mut min_faces = HashMap::new();
     for (i, cam) in cams.iter().enumerate() {
         let (tx, rx) = bounded::<FrameMsg>(cfg.pipeline.camera_queue);
-        inputs.push(CameraInput { camera: Arc::from(cam.id.as_str()), rx: rx.clone(), next_ticket: Mutex::new(0), recent: Mutex::new(Recent::default()), phase: inputs.len() as u64 });
+        inputs.push(CameraInput { camera: Arc::from(cam.id.as_str()), rx: rx.clone(), next_ticket: Mutex::new(0), recent: Mutex::new(Recent::default()), recent_changed: std::sync::Condvar::new(), phase: inputs.len() as u64 });
         min_faces.insert(Arc::<str>::from(cam.id.as_str()), cam.min_face.unwrap_or(cfg.detect.min_face));
         let status = Arc::new(Mutex::new(CameraStatus {
             id: cam.id.clone(),
@@ -432,20 +465,20 @@ fn detect_worker(det: &mut Mtcnn, inputs: &[CameraInput], tx: Sender<TrackMsg>, 
             }
         };
         let out = match msg {
-            FrameMsg::End { camera } => TrackMsg::End { camera, ticket },
+            FrameMsg::End { camera } => {
+                // The camera broke off: nothing known carries over to its next frames.
+                input.publish(ticket, Vec::new());
+                TrackMsg::End { camera, ticket }
+            }
             FrameMsg::Frame(frame) => {
                 let started = Instant::now();
                 let cpu = crate::telemetry::thread_cpu_seconds();
                 let min_face = min_faces.get(&frame.camera).copied().unwrap_or(default_min);
-                // Full cascade every `full_every` frames, or when the newest result is too old
-                // (a worker fell behind, the camera restarted); else refine the known faces.
-                let priors = {
-                    let recent = input.recent.lock().unwrap_or_else(|p| p.into_inner());
-                    match recent.ticket {
-                        Some(t) if every > 1 && (ticket + input.phase) % every != 0 && ticket < t + every => Some(recent.boxes.clone()),
-                        _ => None,
-                    }
-                };
+                // Full cascade every `full_every` frames; between, refine the faces of the newest
+                // result that includes the last full frame (waiting for it when another worker
+                // still has it), or run the full cascade when that does not come in time.
+                let since_full = (ticket + input.phase) % every;
+                let priors = if since_full != 0 && ticket >= since_full { input.known_since(ticket - since_full, REFINE_WAIT) } else { None };
                 let mode = if priors.is_some() { "refine" } else { "full" };
                 let result = match &priors {
                     Some(boxes) => det.refine(&frame.image, boxes),
@@ -461,12 +494,7 @@ fn detect_worker(det: &mut Mtcnn, inputs: &[CameraInput], tx: Sender<TrackMsg>, 
                 m.stage_seconds.with_label_values(&["detect"]).observe(started.elapsed().as_secs_f64());
                 m.stage_cpu_seconds.with_label_values(&["detect"]).inc_by((crate::telemetry::thread_cpu_seconds() - cpu).max(0.0));
                 m.detect_frames.with_label_values(&[&frame.camera, mode]).inc();
-                {
-                    let mut recent = input.recent.lock().unwrap_or_else(|p| p.into_inner());
-                    if recent.ticket.is_none_or(|t| t < ticket) {
-                        *recent = Recent { ticket: Some(ticket), boxes: faces.iter().map(|f| f.bbox).collect() };
-                    }
-                }
+                input.publish(ticket, faces.iter().map(|f| f.bbox).collect());
                 m.capture_to_detect.observe(frame.captured_instant.elapsed().as_secs_f64());
                 m.faces_detected.with_label_values(&[&frame.camera]).inc_by(faces.len() as u64);
                 TrackMsg::Detected { frame, faces, ticket }
@@ -486,7 +514,8 @@ struct TrackInfo {
     frames: u64,
     requested: u32,
     best_quality: f32,
-    last_embed: Option<Instant>,
+    /// Media time (see [`media_time`]) of the last embedding requested.
+    last_embed: Option<Duration>,
     /// The vote stage has named the track (a person or unknown).
     decided: bool,
 }
@@ -565,6 +594,14 @@ fn end_tracks(ct: &mut CameraTracks, camera: &Arc<str>, ids: Vec<u64>, vote_tx: 
     }
 }
 
+/// The clock of the embedding policy: the stream's own presentation time when it has one, so a
+/// file processed flat out gets the same embeddings per track as the same file in real time;
+/// else the capture time.
+fn media_time(frame: &Frame) -> Duration {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    frame.pts.unwrap_or_else(|| frame.captured_instant.saturating_duration_since(*START.get_or_init(Instant::now)))
+}
+
 /// Tracks one frame and queues the embeddings the policy asks for; false when the pipeline is
 /// shutting down.
 #[allow(clippy::too_many_arguments)]
@@ -602,7 +639,8 @@ fn track_frame(
             continue;
         }
         let q = quality::geometric(face);
-        let since_last = |t: Instant| frame.captured_instant.duration_since(t);
+        let now = media_time(frame);
+        let since_last = |t: Duration| now.saturating_sub(t);
         let due = if info.decided {
             info.last_embed.is_none_or(|t| since_last(t) >= decided_refresh)
         } else {
@@ -619,7 +657,7 @@ fn track_frame(
         m.stage_seconds.with_label_values(&["align"]).observe(started.elapsed().as_secs_f64());
         let q = q * (0.5 + 0.5 * quality::sharpness(crop));
         info.best_quality = info.best_quality.max(q);
-        info.last_embed = Some(frame.captured_instant);
+        info.last_embed = Some(now);
         let req = EmbedRequest { camera: camera.clone(), track: *id, crop: crop.to_vec(), bbox: face.bbox, captured_instant: frame.captured_instant };
         match embed_tx.try_send(req) {
             Ok(()) => info.requested += 1,
