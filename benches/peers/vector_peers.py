@@ -10,7 +10,12 @@ exact scan has none) it reports build time, RSS delta, single-query latency p50/
 queries / wall time of the loop), recall@1 of the identity (the nearest sample belongs to the
 query's identity) and recall@1 against the exact scan (same nearest sample as brute force).
 
-Usage: vector_peers.py --engine {hnswlib,faiss-hnsw,faiss-flat} --identities N [--json OUT]"""
+With --templates the index holds one vector per identity, the normalised mean of its samples (the
+gallery design facestream uses), instead of every sample; --efs and --build-threads change the
+search breadths tried and the threads used to build (queries stay single-threaded).
+
+Usage: vector_peers.py --engine {hnswlib,faiss-hnsw,faiss-flat} --identities N [--templates]
+                       [--efs 16,32,...] [--build-threads T] [--json OUT]"""
 
 import argparse
 import gc
@@ -88,14 +93,20 @@ def measure(search, q, qid, ident, truth):
     }
 
 
-def build(engine, data):
-    """Builds the index with one thread; returns (search setter, search function)."""
+def templates(data, n):
+    """One unit vector per identity: the normalised mean of its samples (rows are identity-major)."""
+    return unit(data.reshape(n, SAMPLES, DIM).mean(axis=1)), np.arange(n)
+
+
+def build(engine, data, threads=1):
+    """Builds the index (`threads` for hnswlib's build); returns (search setter, search function)."""
     if engine == "hnswlib":
         import hnswlib
         idx = hnswlib.Index(space="ip", dim=DIM)
         idx.init_index(max_elements=len(data), ef_construction=EF_CONSTRUCTION, M=M, random_seed=SEED)
+        idx.set_num_threads(threads)
+        idx.add_items(data, np.arange(len(data)), num_threads=threads)
         idx.set_num_threads(1)
-        idx.add_items(data, np.arange(len(data)), num_threads=1)
         return idx, idx.set_ef, lambda x: int(idx.knn_query(x, k=1, num_threads=1)[0][0, 0])
     import faiss
     faiss.omp_set_num_threads(1)
@@ -118,22 +129,29 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engine", required=True, choices=["hnswlib", "faiss-hnsw", "faiss-flat"])
     ap.add_argument("--identities", type=int, required=True)
+    ap.add_argument("--templates", action="store_true", help="index one mean vector per identity")
+    ap.add_argument("--efs", default=",".join(map(str, EFS)), help="search breadths, comma separated")
+    ap.add_argument("--build-threads", type=int, default=1)
     ap.add_argument("--json")
     a = ap.parse_args()
+    efs = tuple(int(x) for x in a.efs.split(","))
     t = time.perf_counter()
     data, ident, q, qid = dataset(a.identities)
+    if a.templates:
+        data, ident = templates(data, a.identities)
     truth = exact_top1(data, q)
     log(f"{a.engine} N={a.identities}: data + exact answers in {time.perf_counter() - t:.1f} s")
     gc.collect()
     rss0 = rss_mb()
     t = time.perf_counter()
-    idx, set_ef, search = build(a.engine, data)
+    idx, set_ef, search = build(a.engine, data, a.build_threads)
     build_s = time.perf_counter() - t
     rss_delta = rss_mb() - rss0
     base = {"engine": a.engine, "identities": a.identities, "vectors": len(data),
-            "build_s": build_s, "rss_delta_mb": rss_delta, "threads": 1}
+            "build_s": build_s, "rss_delta_mb": rss_delta, "threads": 1, "build_threads": a.build_threads,
+            "templates": a.templates}
     rows = []
-    for ef in (EFS if set_ef else (None,)):
+    for ef in (efs if set_ef else (None,)):
         if set_ef:
             set_ef(ef)
         row = dict(base, ef=ef, **measure(search, q, qid, ident, truth))

@@ -137,7 +137,7 @@ pub fn run(sizes: &[usize], samples: usize, efs: &[usize], methods: &[&str], que
             let mem = g.index_memory_bytes() as f64 / (1024.0 * 1024.0);
             log(format!("{n} identities x {samples}: {method} index built in {build:.1} s, {mem:.0} MB"));
             for &ef in efs {
-                g.ef_search = ef;
+                g.ef_search = Some(ef);
                 let (p50, p99, qps, recall, _, _) = measure(&g, &qs, None);
                 let (_, _, _, _, agree, _) = measure(&g, &qs[..n_exact], Some(&exact));
                 log(format!("  {method} ef {ef}: p50 {p50:.0} us, p99 {p99:.0} us, recall@1 {recall:.4}, agrees with exact {agree:.4}"));

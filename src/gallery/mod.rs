@@ -71,7 +71,8 @@ pub struct Gallery {
     /// Where the index is dumped after a build and reloaded from when still current.
     pub index_dump: Option<PathBuf>,
     pub crossover: usize,
-    pub ef_search: usize,
+    /// Search breadth; `None`: the index kind's measured default.
+    pub ef_search: Option<usize>,
     pub index_kind: IndexKind,
 }
 
@@ -214,7 +215,7 @@ impl Gallery {
             index_dump: None,
             crossover: DEFAULT_CROSSOVER,
             index_kind: IndexKind::default(),
-            ef_search: index::DEFAULT_EF,
+            ef_search: None,
         }
     }
 
@@ -252,6 +253,14 @@ impl Gallery {
             Some(Graph::Hnsw(_)) => "hnsw",
             Some(Graph::Sketch(_)) => "sketch",
         }
+    }
+
+    /// The search breadth in use: the configured one, else the index kind's default.
+    pub fn effective_ef(&self) -> usize {
+        self.ef_search.unwrap_or(match self.index_kind {
+            IndexKind::Sketch => index::SKETCH_DEFAULT_EF,
+            IndexKind::Hnsw => index::HNSW_DEFAULT_EF,
+        })
     }
 
     /// Bytes held by the index (not the samples).
@@ -463,7 +472,7 @@ impl Gallery {
                 // The nearest templates name the candidates; each is then scored by its best
                 // sample, exactly, so every sample of a person counts.
                 let shortlist = (k * 4).max(8);
-                for node in ix.shortlist(query, shortlist + ix.dead.min(64), self.ef_search.max(shortlist)) {
+                for node in ix.shortlist(query, shortlist + ix.dead.min(64), self.effective_ef().max(shortlist)) {
                     let person = ix.node_person[node as usize];
                     if person == 0 || best.contains_key(&person) {
                         continue;
@@ -519,7 +528,7 @@ pub struct GalleryConfig {
     pub store: Option<PathBuf>,
     /// Samples above which the HNSW index replaces the exact scan.
     pub index_crossover: Option<usize>,
-    /// HNSW search breadth (and the shortlist of the sketch scan).
+    /// HNSW search breadth, or the shortlist of the sketch scan (default 128 and 16).
     pub ef_search: Option<usize>,
     /// The index above the crossover: "sketch" (default) or "hnsw".
     pub index: Option<IndexKind>,
@@ -553,7 +562,7 @@ impl GalleryConfig {
             g.crossover = c.max(1);
         }
         if let Some(ef) = self.ef_search {
-            g.ef_search = ef.max(1);
+            g.ef_search = Some(ef.max(1));
         }
         if let Some(k) = self.index {
             g.index_kind = k;
