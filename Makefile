@@ -75,5 +75,5 @@ test: setup test-deps
 bench: build
 	$(CARGO) bench --locked
 	./target/release/facestream --log warn bench --mode throughput --cameras 1,2 --loops 2 --json target/bench-throughput.json
-	./target/release/facestream --log warn bench --mode capacity --cameras 1,2,4,8 --duration 12 --json target/bench-capacity.json
-	./target/release/facestream --log warn bench-gallery --sizes 10000 --samples 3 --ef 16,32,64 --json target/bench-gallery.json
+	./target/release/facestream --log warn bench --mode capacity --cameras 1,2,4,5,6 --duration 12 --json target/bench-capacity.json
+	./target/release/facestream --log warn bench-gallery --sizes 10000,100000 --samples 3 --ef 16,32,64,128 --json target/bench-gallery.json
