@@ -92,7 +92,7 @@ def fs_bench(clip_key):
         r = reports[0]
         frames = r.get("frames_processed", 0)
         return {
-            "tool": "facestream", "clip": clip_key, "command": " ".join(cmd[:-1] + ["OUT.json"]),
+            "tool": "facestream", "clip": clip_key, "command": " ".join([str(Path(cmd[0]).relative_to(ROOT))] + cmd[1:-1] + ["OUT.json"]),
             "frames": frames, "faces": r.get("faces_detected"), "wall_s": r.get("wall_s"),
             "frames_per_s": r.get("frames_per_s"), "faces_per_s": r.get("faces_per_s"),
             "faces_per_frame": r.get("faces_detected", 0) / frames if frames else 0.0,
