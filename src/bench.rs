@@ -217,12 +217,18 @@ fn cpu_seconds() -> f64 {
     (ticks(14) + ticks(15)) / hz.max(1.0)
 }
 
-fn peak_rss_mb() -> f64 {
+/// A memory figure of this process from /proc/self/status (`VmRSS:`, `VmHWM:`, ...) in MiB; 0 when
+/// unavailable.
+pub(crate) fn proc_status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+fn peak_rss_mb() -> f64 {
+    proc_status_mb("VmHWM:")
 }
 
 fn reset_peak_rss() {

@@ -53,11 +53,7 @@ fn noisy(centre: &[f32], rng: &mut Rng) -> Vec<f32> {
 }
 
 fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
+    crate::bench::proc_status_mb("VmRSS:")
 }
 
 fn measure(g: &Gallery, queries: &[(usize, Vec<f32>)], exact_answers: Option<&[u64]>) -> (f64, f64, f64, f64, f64, Vec<u64>) {

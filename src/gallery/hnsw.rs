@@ -303,16 +303,12 @@ impl Hnsw {
                     break;
                 }
                 self.neighbours(c.1, layer, &mut buf);
-                buf.retain(|&e| marks[e as usize] != epoch);
+                // Keep the neighbours not seen yet, marking them seen in the same pass.
+                buf.retain(|&e| std::mem::replace(&mut marks[e as usize], epoch) != epoch);
                 for &e in &buf {
                     self.prefetch(e);
                 }
                 for &e in &buf {
-                    let mark = &mut marks[e as usize];
-                    if *mark == epoch {
-                        continue;
-                    }
-                    *mark = epoch;
                     let d = self.dist(q, e);
                     if best.len() < ef || d < best.peek().map_or(f32::INFINITY, |b| b.0) {
                         cands.push(std::cmp::Reverse(Cand(d, e)));
@@ -524,14 +520,8 @@ fn quantize(v: &[f32]) -> ([i8; DIM], f32) {
 fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::sync::atomic::AtomicU8;
-        static AVX2: AtomicU8 = AtomicU8::new(0);
-        let mut f = AVX2.load(Ordering::Relaxed);
-        if f == 0 {
-            f = if is_x86_feature_detected!("avx2") { 1 } else { 2 };
-            AVX2.store(f, Ordering::Relaxed);
-        }
-        if f == 1 && a.len() == DIM && b.len() == DIM {
+        // The standard library caches the detection: this is one atomic load.
+        if is_x86_feature_detected!("avx2") && a.len() == DIM && b.len() == DIM {
             // SAFETY: AVX2 was detected on this processor; both slices hold DIM (a multiple of
             // 16) values, so every 16-byte load is in bounds.
             return unsafe { dot_i8_avx2(a, b) };
