@@ -3,6 +3,7 @@
 #   make test    set up, then run every test
 #   make setup   Debian packages + ONNX Runtime + models (idempotent, cached in ~/.cache/facestream)
 #   make setup GPU=1   the same with the CUDA build of ONNX Runtime (NVIDIA machines)
+#   make lint    clippy with warnings as errors (also run by CI)
 #   make bench   criterion benchmarks, the end-to-end harness and the gallery benchmark
 
 SHELL := /bin/bash
@@ -21,7 +22,7 @@ APT_TEST_PACKAGES := prometheus mosquitto
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FETCH_FLAGS := $(if $(filter 1,$(GPU)),--gpu,)
 
-.PHONY: setup deps test-deps models build run demo test bench check-toolchain
+.PHONY: setup deps test-deps models build run demo test lint bench check-toolchain
 
 setup: deps models
 
@@ -70,6 +71,10 @@ test-deps:
 
 test: setup test-deps
 	$(CARGO) test --release --locked
+
+# House rules as lints (clippy.toml bans unbounded channels); warnings are errors.
+lint: setup
+	$(CARGO) clippy --release --all-targets --locked -- -D warnings
 
 # Micro-benchmarks, then the end-to-end harness (figures and how to read them: BENCHMARKS.md).
 bench: build

@@ -7,8 +7,9 @@
 //! harness measures exactly what an operator's dashboard shows.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+
+use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 
@@ -17,7 +18,7 @@ use crate::gallery::Gallery;
 use crate::ingest::CameraConfig;
 use crate::photo::{Analyzer, enroll_photos};
 use crate::telemetry::{self, metrics};
-use crate::topology;
+use crate::app::{App, AppOptions};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -94,7 +95,7 @@ pub struct RunReport {
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error(transparent)]
-    Topology(#[from] topology::TopologyError),
+    App(#[from] crate::app::AppError),
     #[error(transparent)]
     Photo(#[from] crate::photo::PhotoError),
     #[error(transparent)]
@@ -105,11 +106,16 @@ pub enum BenchError {
     Config(String),
 }
 
+/// A counter: name, labels, value.
+type CounterSample = (String, Vec<(String, String)>, f64);
+/// A histogram: name, cumulative buckets (upper bound, count), sum, count.
+type HistSample = (String, Vec<(f64, u64)>, f64, u64);
+
 /// Sums of counters and merged histogram buckets, read from the registry.
 #[derive(Clone, Debug, Default)]
 struct Snapshot {
-    counters: Vec<(String, Vec<(String, String)>, f64)>,
-    hists: Vec<(String, Vec<(f64, u64)>, f64, u64)>,
+    counters: Vec<CounterSample>,
+    hists: Vec<HistSample>,
 }
 
 fn snapshot() -> Snapshot {
@@ -217,15 +223,7 @@ fn cpu_seconds() -> f64 {
     (ticks(14) + ticks(15)) / hz.max(1.0)
 }
 
-/// A memory figure of this process from /proc/self/status (`VmRSS:`, `VmHWM:`, ...) in MiB; 0 when
-/// unavailable.
-pub(crate) fn proc_status_mb(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
+use crate::telemetry::proc_status_mb;
 
 fn peak_rss_mb() -> f64 {
     proc_status_mb("VmHWM:")
@@ -241,12 +239,9 @@ pub fn run(base: &Config, opts: &BenchOptions, mut progress: impl FnMut(&RunRepo
     if !opts.clip.is_file() {
         return Err(BenchError::Config(format!("clip {} does not exist", opts.clip.display())));
     }
+    // The config's people only (never the user's store), shared by every run.
     let mut gallery = Gallery::new();
-    {
-        let mut a = Analyzer::new(base)?;
-        let photos = base.gallery.photos(&base.base_dir)?;
-        enroll_photos(&mut a, &photos, &mut gallery)?;
-    }
+    enroll_photos(&mut Analyzer::new(base)?, &base.gallery.photos(&base.base_dir)?, &mut gallery)?;
     let gallery = Arc::new(RwLock::new(gallery));
     let mut reports = Vec::new();
     for &n in &opts.cameras {
@@ -280,7 +275,8 @@ pub fn run(base: &Config, opts: &BenchOptions, mut progress: impl FnMut(&RunRepo
         let mut cpu0 = 0.0;
         let mut t0 = Instant::now();
         for round in 0..loops {
-            let running = topology::start(&cfg, gallery.clone(), Vec::new())?;
+            let app = App::start_on(&cfg, gallery.clone(), None, AppOptions::default())?;
+            let running = &app.running;
             if round == 0 {
                 if opts.mode == Mode::Capacity {
                     std::thread::sleep(Duration::from_secs_f64(opts.warmup + opts.stagger.max(0.0)));
@@ -305,16 +301,16 @@ pub fn run(base: &Config, opts: &BenchOptions, mut progress: impl FnMut(&RunRepo
                 let wall = t0.elapsed().as_secs_f64();
                 let cpu = cpu_seconds() - cpu0;
                 running.stop();
-                running.join();
-                reports.push(report(opts.mode, n, before.as_ref().expect("snapshot"), &after, wall, cpu));
-            } else {
-                running.join();
+                let Some(b) = before.as_ref() else { return Err(BenchError::Config("no snapshot before the run".into())) };
+                reports.push(report(opts.mode, n, b, &after, wall, cpu));
             }
+            app.finish();
         }
         if opts.mode == Mode::Throughput {
             let after = snapshot();
             let wall = t0.elapsed().as_secs_f64();
-            reports.push(report(opts.mode, n, before.as_ref().expect("snapshot"), &after, wall, cpu_seconds() - cpu0));
+            let Some(b) = before.as_ref() else { return Err(BenchError::Config("no snapshot before the run".into())) };
+            reports.push(report(opts.mode, n, b, &after, wall, cpu_seconds() - cpu0));
         }
         if let Some(r) = reports.last() {
             progress(r);

@@ -3,8 +3,10 @@
 //! Data flows one way: ingest → detect → track → align + embed (one batcher) → identify → events.
 //! Each stage lives in its own module; `infer` is the only module that talks to ONNX Runtime.
 
+pub mod app;
 pub mod bench;
 pub mod config;
+pub mod dataset;
 pub mod detect;
 pub mod draw;
 pub mod embed;
@@ -17,6 +19,7 @@ pub mod image;
 pub mod ingest;
 pub mod infer;
 pub mod photo;
+pub mod queue;
 pub mod telemetry;
 pub mod topology;
 pub mod track;

@@ -116,3 +116,25 @@ fn eval_reports_metrics_on_a_small_list() {
     assert_eq!(v["verification"]["impostor_pairs"], 17);
     assert!(v["verification"]["auc"].as_f64().unwrap() > 0.9, "{v}");
 }
+
+#[test]
+fn check_prints_every_problem_of_a_config_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[detect]\nmin_face = 2\n[track]\nmax_age = 0\n[[cameras]]\nid = \"door\"\nurl = \"/nonexistent/clip.mp4\"\n").unwrap();
+    let out = facestream(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    for key in ["detect.min_face", "track.max_age", "cameras[0].url"] {
+        assert!(err.contains(key), "{key} missing from: {err}");
+    }
+    assert!(err.lines().filter(|l| l.contains("bad.toml")).count() >= 3, "each problem names the file: {err}");
+    assert!(err.contains("3 problem(s)"), "{err}");
+    let out = facestream(&["check"]);
+    assert!(out.status.success(), "the embedded default is valid: {}", text(&out.stderr));
+    // `run` refuses the same config with the same report, before any thread starts.
+    let out = facestream(&["--config", cfg.to_str().unwrap(), "run"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("detect.min_face") && err.contains("track.max_age"), "{err}");
+}

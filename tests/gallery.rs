@@ -48,13 +48,11 @@ fn enrollment_survives_kill_9_in_the_middle_of_a_batch() {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         assert!(Instant::now() < deadline, "enrollment made no progress");
-        if db.is_file() {
-            if let Ok(s) = Store::open(&db) {
-                if s.samples(None).map(|v| v.len()).unwrap_or(0) >= 6 {
+        if db.is_file()
+            && let Ok(s) = Store::open(&db)
+                && s.samples(None).map(|v| v.len()).unwrap_or(0) >= 6 {
                     break;
                 }
-            }
-        }
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap(); // SIGKILL
@@ -245,4 +243,87 @@ fn a_running_pipeline_recognises_a_person_enrolled_after_start() {
     }
     running.stop();
     running.join();
+}
+
+/// Reliability issue, item 1: persons of the config's `[[gallery.people]]` live in memory only;
+/// a person created over the API must never be given one of their ids.
+#[test]
+fn an_api_person_never_takes_the_id_of_a_config_person() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::embedded().unwrap();
+    let mut g = facestream::gallery::Gallery::new();
+    let mut analyzer = Analyzer::new(&cfg).unwrap();
+    let photos = vec![("MEDS_S029".to_string(), fixture("meds-aa-S029-01.jpg"))];
+    facestream::photo::enroll_photos(&mut analyzer, &photos, &mut g).unwrap();
+    let s029 = g.person_id("MEDS_S029").unwrap();
+    let gallery = Arc::new(RwLock::new(g));
+    let api = start_api(&cfg, &dir.path().join("g.db"), gallery.clone(), Some("t"));
+    let s029_photo = std::fs::read(fixture("meds-aa-S029-01.jpg")).unwrap();
+
+    let (status, body) = api.call("POST", "/api/persons", Some("t"), Some(br#"{"name":"MEDS_S029"}"#.to_vec()));
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")), "a config person's name is taken: {body}");
+    let (status, body) = api.call("POST", "/api/persons", Some("t"), Some(br#"{"name":"alice"}"#.to_vec()));
+    assert_eq!(status, 201, "{body}");
+    let alice = body["person"]["id"].as_u64().unwrap();
+    assert_ne!(alice, s029, "the store handed out a config person's id");
+    let (status, body) = api.call("POST", &format!("/api/persons/{alice}/faces"), Some("t"), Some(std::fs::read(fixture("Paul.jpeg")).unwrap()));
+    assert_eq!(status, 201, "{body}");
+    let (_, body) = api.call("POST", "/api/recognize", Some("t"), Some(std::fs::read(fixture("Paul2.jpeg")).unwrap()));
+    assert_eq!(body["faces"][0]["person"], "alice", "a face enrolled over HTTP is recognised as its own person: {body}");
+    let (_, body) = api.call("POST", "/api/recognize", Some("t"), Some(s029_photo.clone()));
+    assert_eq!(body["faces"][0]["person"], "MEDS_S029", "{body}");
+    let (status, _) = api.call("DELETE", &format!("/api/persons/{alice}"), Some("t"), None);
+    assert_eq!(status, 204);
+    let (_, body) = api.call("POST", "/api/recognize", Some("t"), Some(s029_photo));
+    assert_eq!(body["faces"][0]["person"], "MEDS_S029", "deleting an API person leaves the config person alone: {body}");
+    assert_eq!(gallery.read().unwrap().len(), 1);
+}
+
+/// Reliability issue, item 2: a delete that lands while a face upload for the same person is being
+/// analysed stays a delete (the upload gets 404), and deleted ids are never handed out again.
+#[test]
+fn a_delete_during_a_face_upload_is_never_undone_and_ids_are_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::embedded().unwrap();
+    let gallery = Arc::new(RwLock::new(facestream::gallery::Gallery::new()));
+    let analyzer = Arc::new(Mutex::new(Analyzer::new(&cfg).unwrap()));
+    let db = dir.path().join("g.db");
+    let router = api::router(
+        api::ApiState {
+            gallery: gallery.clone(),
+            store: Arc::new(Mutex::new(Store::open(&db).unwrap())),
+            analyzer: analyzer.clone(),
+            token: None,
+            threshold: 0.4,
+            margin: 0.05,
+        },
+        10 << 20,
+    );
+    let server = http::serve(&HttpConfig { bind: "127.0.0.1:0".into(), ..HttpConfig::default() }, AppState::new(gallery.clone(), 8), Some(router)).unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let api = Arc::new(Api { base: format!("http://{}", server.addr), server: Some(server), agent });
+
+    let (_, body) = api.call("POST", "/api/persons", None, Some(br#"{"name":"paul"}"#.to_vec()));
+    let id = body["person"]["id"].as_u64().unwrap();
+    // Holding the analyzer keeps the upload in its analysis step for as long as we like.
+    let held = analyzer.lock().unwrap();
+    let upload = {
+        let api = api.clone();
+        std::thread::spawn(move || api.call("POST", &format!("/api/persons/{id}/faces"), None, Some(std::fs::read(fixture("Paul.jpeg")).unwrap())))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!upload.is_finished(), "the upload waits for the analyzer");
+    let (status, _) = api.call("DELETE", &format!("/api/persons/{id}"), None, None);
+    assert_eq!(status, 204);
+    drop(held);
+    let (status, body) = upload.join().unwrap();
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    let (status, _) = api.call("GET", &format!("/api/persons/{id}"), None, None);
+    assert_eq!(status, 404, "the deleted person stays deleted");
+    let store = Store::open(&db).unwrap();
+    assert!(store.persons().unwrap().is_empty() && store.samples(None).unwrap().is_empty());
+    assert!(gallery.read().unwrap().is_empty());
+    let (_, body) = api.call("POST", "/api/persons", None, Some(br#"{"name":"chris"}"#.to_vec()));
+    let next = body["person"]["id"].as_u64().unwrap();
+    assert!(next > id, "a deleted id ({id}) is never handed out again (got {next})");
 }

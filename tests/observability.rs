@@ -207,10 +207,13 @@ fn mosquitto_receives_the_identified_event_on_the_camera_topic() {
 }
 
 /// A minimal HTTP receiver: records (signature header, body) of every POST and answers 200.
-fn webhook_receiver() -> (u16, Arc<Mutex<Vec<(Option<String>, String)>>>) {
+/// Requests the webhook receiver got: (signature header, body).
+type Received = Arc<Mutex<Vec<(Option<String>, String)>>>;
+
+fn webhook_receiver() -> (u16, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let got: Arc<Mutex<Vec<(Option<String>, String)>>> = Arc::default();
+    let got: Received = Arc::default();
     let g = got.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {

@@ -124,7 +124,8 @@ fn a_photo_without_a_face_gives_an_empty_result() {
 
 #[test]
 fn bad_images_are_clear_errors_naming_the_file() {
-    let cases: [(&str, fn(&ImageError) -> bool); 5] = [
+    type Case = (&'static str, fn(&ImageError) -> bool);
+    let cases: [Case; 5] = [
         ("bad/does-not-exist.jpg", |e| matches!(e, ImageError::Open { .. })),
         ("bad/truncated.jpg", |e| matches!(e, ImageError::Decode { .. })),
         ("bad/text-named.jpg", |e| matches!(e, ImageError::Decode { .. })),

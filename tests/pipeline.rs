@@ -145,7 +145,6 @@ fn several_codecs_at_once_and_a_broken_file_fails_alone() {
 mod rtsp {
     use gstreamer as gst;
     use gstreamer::glib;
-    use gstreamer::prelude::*;
     use gstreamer_rtsp_server::prelude::*;
     use gstreamer_rtsp_server::{RTSPMediaFactory, RTSPServer};
 
@@ -160,7 +159,7 @@ mod rtsp {
         pub fn start(clip: &std::path::Path, port: u16) -> Server {
             gst::init().unwrap();
             let clip = clip.to_path_buf();
-            let (tx, rx) = std::sync::mpsc::channel();
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
             let thread = std::thread::spawn(move || {
                 let ctx = glib::MainContext::new();
                 let main_loop = glib::MainLoop::new(Some(&ctx), false);
@@ -212,11 +211,10 @@ fn rtsp_camera_gives_events_and_resumes_after_the_server_restarts() {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(!left.is_zero(), "timed out waiting for {what}");
-            if let Ok(e) = rx.recv_timeout(left) {
-                if pred(&e) {
+            if let Ok(e) = rx.recv_timeout(left)
+                && pred(&e) {
                     return e;
                 }
-            }
         }
     };
     let is_s029 = |e: &Event| matches!(&e.body, EventBody::Identified { person, .. } if person == "MEDS_S029");

@@ -40,13 +40,12 @@ fn matched(truth: &[Face], found: &[Face]) -> (usize, f32) {
     let mut n = 0;
     let mut drift = 0.0;
     for t in truth {
-        if let Some(f) = found.iter().max_by(|a, b| a.bbox.iou(&t.bbox).total_cmp(&b.bbox.iou(&t.bbox))) {
-            if f.bbox.iou(&t.bbox) >= 0.5 {
+        if let Some(f) = found.iter().max_by(|a, b| a.bbox.iou(&t.bbox).total_cmp(&b.bbox.iou(&t.bbox)))
+            && f.bbox.iou(&t.bbox) >= 0.5 {
                 n += 1;
                 let d: f32 = (0..5).map(|k| (f.landmarks[k][0] - t.landmarks[k][0]).hypot(f.landmarks[k][1] - t.landmarks[k][1])).sum::<f32>() / 5.0;
                 drift += d / t.bbox.width().max(1.0);
             }
-        }
     }
     (n, if n > 0 { drift / n as f32 } else { 0.0 })
 }

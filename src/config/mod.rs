@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod http;
+
 use crate::detect::DetectConfig;
 use crate::embed::EmbedConfig;
 use crate::embed::batcher::BatchConfig;
 use crate::events::EventsConfig;
-use crate::events::vote::VoteConfig;
+use crate::identify::IdentifyConfig;
 use crate::gallery::GalleryConfig;
 use crate::infer::InferConfig;
 use crate::ingest::CameraConfig;
@@ -25,12 +27,12 @@ pub struct Config {
     pub detect: DetectConfig,
     pub embed: EmbedConfig,
     pub track: TrackConfig,
-    pub identify: VoteConfig,
+    pub identify: IdentifyConfig,
     pub batch: BatchConfig,
     pub pipeline: PipelineConfig,
     pub gallery: GalleryConfig,
     pub events: EventsConfig,
-    pub http: crate::http::HttpConfig,
+    pub http: http::HttpConfig,
     pub cameras: Vec<CameraConfig>,
     /// Folder that relative paths in the file resolve against (the file's folder; the current
     /// folder for the embedded default).
@@ -67,6 +69,27 @@ pub enum ConfigError {
     Parse { file: PathBuf, message: String },
     #[error("{file}: `{key}` {message}")]
     Invalid { file: PathBuf, key: String, message: String },
+    /// Every problem found, each naming its key (`facestream check` prints them all).
+    #[error("{}", .problems.iter().map(|p| format!("{}: `{}` {}", .file.display(), p.key, p.message)).collect::<Vec<_>>().join("\n"))]
+    Problems { file: PathBuf, problems: Vec<Problem> },
+}
+
+/// One problem of a config file: the key (`section.key`) and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    /// The problems this error stands for (one for a read or parse error).
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            ConfigError::Problems { problems, .. } => problems.clone(),
+            ConfigError::Invalid { key, message, .. } => vec![Problem { key: key.clone(), message: message.clone() }],
+            other => vec![Problem { key: String::new(), message: other.to_string() }],
+        }
+    }
 }
 
 impl Config {
@@ -87,70 +110,100 @@ impl Config {
     }
 
     pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let cfg = Self::parse_unchecked(text, file)?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    /// Parses without checking the values (`facestream check` then reports every problem).
+    pub fn parse_unchecked(text: &str, file: &Path) -> Result<Self, ConfigError> {
         let mut cfg: Config =
             toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.to_path_buf(), message: e.to_string() })?;
         cfg.base_dir = match file.parent() {
             Some(p) if file.is_file() && !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        cfg.validate(file)?;
         Ok(cfg)
     }
 
-    pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
-        let wrap = |section: &str, (key, message): (String, String)| ConfigError::Invalid {
-            file: file.to_path_buf(),
-            key: format!("{section}.{key}"),
-            message,
+    /// Every problem of the values (not of the sources: see [`Config::run_problems`]).
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut add = |section: &str, list: Vec<(String, String)>| {
+            out.extend(list.into_iter().map(|(key, message)| Problem { key: format!("{section}.{key}"), message }));
         };
-        self.detect.validate().map_err(|e| wrap("detect", e))?;
-        self.embed.validate().map_err(|e| wrap("embed", e))?;
+        add("detect", self.detect.problems());
+        add("embed", self.embed.problems());
         if self.infer.intra_threads == 0 || self.infer.intra_threads > 256 {
-            return Err(wrap("infer", ("intra_threads".into(), format!("must be 1..=256, got {}", self.infer.intra_threads))));
+            add("infer", vec![("intra_threads".into(), format!("must be 1..=256, got {}", self.infer.intra_threads))]);
         }
-        self.track.validate().map_err(|e| wrap("track", e))?;
-        self.identify.validate().map_err(|e| wrap("identify", e))?;
-        self.batch.validate().map_err(|e| wrap("batch", e))?;
+        add("track", self.track.problems());
+        add("identify", self.identify.problems());
+        add("batch", self.batch.problems());
         if let Some(w) = &self.events.webhook {
-            w.validate().map_err(|e| wrap("events.webhook", e))?;
+            add("events.webhook", w.problems());
         }
         if let Some(m) = &self.events.mqtt {
-            m.validate().map_err(|e| wrap("events.mqtt", e))?;
+            add("events.mqtt", m.problems());
         }
-        self.http.validate().map_err(|e| wrap("http", e))?;
+        add("http", self.http.problems());
         let p = &self.pipeline;
         for (key, v, max) in [("detect_workers", p.detect_workers, 64), ("embed_workers", p.embed_workers, 64), ("camera_queue", p.camera_queue, 1024), ("embed_queue", p.embed_queue, 65536)] {
             if v == 0 || v > max {
-                return Err(wrap("pipeline", (key.into(), format!("must be 1..={max}, got {v}"))));
+                add("pipeline", vec![(key.into(), format!("must be 1..={max}, got {v}"))]);
             }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, cam) in self.cameras.iter().enumerate() {
-            cam.validate().map_err(|e| wrap(&format!("cameras[{i}]"), e))?;
+            add(&format!("cameras[{i}]"), cam.problems());
             if !seen.insert(cam.id.as_str()) {
-                return Err(wrap(&format!("cameras[{i}]"), ("id".into(), format!("`{}` is used by another camera", cam.id))));
+                add(&format!("cameras[{i}]"), vec![("id".into(), format!("`{}` is used by another camera", cam.id))]);
             }
         }
-        Ok(())
+        out
     }
 
-    /// Checks what `run` needs beyond [`Config::validate`]: at least one enabled camera, and a
-    /// usable source for each.
-    pub fn validate_for_run(&self, file: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: String, message: String| ConfigError::Invalid { file: file.to_path_buf(), key, message };
+    /// Every problem of the values, as one error naming the file.
+    pub fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        into_result(file, self.problems())
+    }
+
+    /// What `run` needs beyond the values: at least one enabled camera and a usable source for
+    /// each, and every gallery photo present.
+    pub fn run_problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut add = |key: String, message: String| out.push(Problem { key, message });
         if !self.cameras.iter().any(|c| c.enabled) {
-            return Err(invalid("cameras".into(), "lists no enabled camera; add a [[cameras]] entry with an id and a url".into()));
+            add("cameras".into(), "lists no enabled camera; add a [[cameras]] entry with an id and a url".into());
         }
         for (i, cam) in self.cameras.iter().enumerate().filter(|(_, c)| c.enabled) {
-            cam.source(&self.base_dir).map_err(|m| invalid(format!("cameras[{i}].url"), m))?;
-        }
-        for (name, path) in self.gallery.photos(&self.base_dir).map_err(|e| invalid("gallery".into(), e.to_string()))? {
-            if !path.is_file() {
-                return Err(invalid("gallery".into(), format!("photo {} of `{name}` does not exist", path.display())));
+            if let Err(m) = cam.source(&self.base_dir) {
+                add(format!("cameras[{i}].url"), m);
             }
         }
-        Ok(())
+        match self.gallery.photos(&self.base_dir) {
+            Ok(photos) => {
+                for (name, path) in photos {
+                    if !path.is_file() {
+                        add("gallery".into(), format!("photo {} of `{name}` does not exist", path.display()));
+                    }
+                }
+            }
+            Err(e) => add("gallery".into(), e.to_string()),
+        }
+        out
     }
+
+    /// Everything `run` checks before any thread starts: the values and the sources, all at once.
+    pub fn validate_for_run(&self, file: &Path) -> Result<(), ConfigError> {
+        let mut all = self.problems();
+        all.extend(self.run_problems());
+        into_result(file, all)
+    }
+}
+
+fn into_result(file: &Path, problems: Vec<Problem>) -> Result<(), ConfigError> {
+    if problems.is_empty() { Ok(()) } else { Err(ConfigError::Problems { file: file.to_path_buf(), problems }) }
 }
 
 #[cfg(test)]
@@ -166,6 +219,15 @@ mod tests {
     fn unknown_key_is_refused_with_its_name() {
         let err = Config::parse("[detect]\nmin_fce = 20\n", Path::new("x.toml")).unwrap_err().to_string();
         assert!(err.contains("x.toml") && err.contains("min_fce"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = "[detect]\nmin_face = 2\nmin_score = 7.0\n[track]\nmax_age = 0\n[pipeline]\nembed_workers = 0\n";
+        let err = Config::parse(text, Path::new("x.toml")).unwrap_err();
+        let keys: Vec<String> = err.problems().into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["detect.min_face", "detect.min_score", "track.max_age", "pipeline.embed_workers"]);
+        assert_eq!(err.to_string().lines().count(), 4, "{err}");
     }
 
     #[test]

@@ -28,25 +28,31 @@ impl Default for DetectConfig {
 }
 
 impl DetectConfig {
-    /// Returns the first problem as (key, message).
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Every problem as (key, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
         if !(12.0..=4096.0).contains(&self.min_face) {
-            return Err(("min_face".into(), format!("must be between 12 and 4096 pixels, got {}", self.min_face)));
+            p.push(("min_face".into(), format!("must be between 12 and 4096 pixels, got {}", self.min_face)));
         }
         if !(0.3..0.95).contains(&self.scale_factor) {
-            return Err(("scale_factor".into(), format!("must be in [0.3, 0.95), got {}", self.scale_factor)));
+            p.push(("scale_factor".into(), format!("must be in [0.3, 0.95), got {}", self.scale_factor)));
         }
         for (i, t) in self.stage_thresholds.iter().enumerate() {
             if !(0.0..1.0).contains(t) {
-                return Err((format!("stage_thresholds[{i}]"), format!("must be in [0, 1), got {t}")));
+                p.push((format!("stage_thresholds[{i}]"), format!("must be in [0, 1), got {t}")));
             }
         }
         if !(0.0..=1.0).contains(&self.min_score) {
-            return Err(("min_score".into(), format!("must be in [0, 1], got {}", self.min_score)));
+            p.push(("min_score".into(), format!("must be in [0, 1], got {}", self.min_score)));
         }
         if !(1..=30).contains(&self.full_every) {
-            return Err(("full_every".into(), format!("must be between 1 and 30 frames, got {}", self.full_every)));
+            p.push(("full_every".into(), format!("must be between 1 and 30 frames, got {}", self.full_every)));
         }
-        Ok(())
+        p
+    }
+
+    /// The first problem, if any.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.problems().into_iter().next().map_or(Ok(()), Err)
     }
 }

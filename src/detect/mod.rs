@@ -3,6 +3,7 @@
 
 pub mod config;
 mod mtcnn;
+pub mod worker;
 
 use serde::Serialize;
 

@@ -22,14 +22,21 @@ impl Default for BatchConfig {
 }
 
 impl BatchConfig {
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Every problem as (key, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
         if !(1..=256).contains(&self.max_batch) {
-            return Err(("max_batch".into(), format!("must be 1..=256, got {}", self.max_batch)));
+            p.push(("max_batch".into(), format!("must be 1..=256, got {}", self.max_batch)));
         }
         if self.max_wait_ms > 10_000 {
-            return Err(("max_wait_ms".into(), format!("must be at most 10000, got {}", self.max_wait_ms)));
+            p.push(("max_wait_ms".into(), format!("must be at most 10000, got {}", self.max_wait_ms)));
         }
-        Ok(())
+        p
+    }
+
+    /// The first problem, if any.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.problems().into_iter().next().map_or(Ok(()), Err)
     }
 }
 

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[derive(Default)]
 pub struct EmbedConfig {
     /// Euclidean distance between L2-normalised embeddings at or below which two faces are the same
     /// person. `None` takes the calibrated value from the embedder's model card.
@@ -12,19 +13,20 @@ pub struct EmbedConfig {
     pub rotate: bool,
 }
 
-impl Default for EmbedConfig {
-    fn default() -> Self {
-        Self { threshold: None, rotate: false }
-    }
-}
 
 impl EmbedConfig {
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        if let Some(t) = self.threshold {
-            if !(0.0..=2.0).contains(&t) {
-                return Err(("threshold".into(), format!("must be between 0 and 2 (unit-vector distance), got {t}")));
+    /// Every problem as (key, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        if let Some(t) = self.threshold
+            && !(0.0..=2.0).contains(&t) {
+                p.push(("threshold".into(), format!("must be between 0 and 2 (unit-vector distance), got {t}")));
             }
-        }
-        Ok(())
+        p
+    }
+
+    /// The first problem, if any.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.problems().into_iter().next().map_or(Ok(()), Err)
     }
 }

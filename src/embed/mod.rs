@@ -4,6 +4,7 @@
 pub mod align;
 pub mod batcher;
 pub mod config;
+pub mod stage;
 
 pub use align::{CROP_BYTES, CROP_SIDE, CropBox, align, align_into, crop_box};
 pub use config::EmbedConfig;
@@ -33,14 +34,18 @@ pub enum EmbedError {
 pub struct Embedder {
     model: Model,
     input: Vec<f32>,
+    /// The model card's calibrated distance threshold (or the fallback); what the pipeline uses
+    /// is resolved once by `identify::OperatingPoint::resolve`.
     pub threshold: f32,
+    /// Where the card lives: its open-set calibration (`identify::calibration`) is beside it.
+    pub models_dir: std::path::PathBuf,
 }
 
 impl Embedder {
-    pub fn new(rt: &Runtime, cfg: &EmbedConfig) -> Result<Self, EmbedError> {
+    pub fn new(rt: &Runtime, _cfg: &EmbedConfig) -> Result<Self, EmbedError> {
         let model = rt.load(CARD)?;
-        let threshold = cfg.threshold.or_else(|| model.card.calibration_f32("threshold")).unwrap_or(FALLBACK_THRESHOLD);
-        let mut e = Self { model, input: Vec::new(), threshold };
+        let threshold = model.card.calibration_f32("threshold").unwrap_or(FALLBACK_THRESHOLD);
+        let mut e = Self { model, input: Vec::new(), threshold, models_dir: rt.models_dir.clone() };
         e.embed_crops(&vec![128u8; CROP_BYTES])?;
         Ok(e)
     }
@@ -52,7 +57,7 @@ impl Embedder {
 
     /// Embeds `n` packed 150x150 RGB crops laid end to end in `crops`.
     pub fn embed_crops(&mut self, crops: &[u8]) -> Result<Vec<Embedding>, EmbedError> {
-        if crops.len() % CROP_BYTES != 0 {
+        if !crops.len().is_multiple_of(CROP_BYTES) {
             return Err(EmbedError::BadCrop { got: crops.len() });
         }
         let n = crops.len() / CROP_BYTES;

@@ -1,7 +1,9 @@
-//! Identity events (JSON lines with a schema version) and the sinks that write them.
+//! Identity events (JSON lines with a schema version), the [`EventSink`] trait and every sink,
+//! and the dispatcher: the events application on the decisions bus, which turns each track update
+//! into an event and hands it to every sink.
 
+pub mod dispatch;
 pub mod sinks;
-pub mod vote;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -100,11 +102,14 @@ pub struct EventsConfig {
     pub webhook: Option<sinks::WebhookConfig>,
     /// Publish each event to an MQTT broker.
     pub mqtt: Option<sinks::MqttConfig>,
+    /// Track updates waiting for the sinks (the events application's queue on the decisions
+    /// bus); when full, updates are dropped and counted in `facestream_bus_dropped_total`.
+    pub queue: usize,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        Self { stdout: true, file: None, file_max_bytes: 0, file_keep: 5, camera_states: true, webhook: None, mqtt: None }
+        Self { stdout: true, file: None, file_max_bytes: 0, file_keep: 5, camera_states: true, webhook: None, mqtt: None, queue: 4096 }
     }
 }
 
@@ -123,22 +128,83 @@ struct Rotation {
     written: u64,
 }
 
+/// A sink could not be started.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: cannot open event file: {error}")]
-pub struct SinkError {
-    pub path: PathBuf,
-    pub error: std::io::Error,
+pub enum SinkError {
+    #[error("{path}: cannot open event file: {error}")]
+    File { path: PathBuf, error: std::io::Error },
+    #[error("cannot start the {sink} sink's thread: {error}")]
+    Thread { sink: &'static str, error: std::io::Error },
+}
+
+/// Why one event did not reach a sink (counted, never propagated into the pipeline).
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Queue(#[from] crate::queue::PushError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl SendError {
+    /// The `reason` label of `facestream_events_failed_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SendError::Queue(e) => e.reason(),
+            SendError::Io(_) => "error",
+        }
+    }
+}
+
+/// Somewhere events go: the configured sinks, the HTTP event stream, a test's channel.
+pub trait EventSink: Send {
+    fn name(&self) -> &'static str;
+    /// Delivers one event; must not block for long (sinks that talk to other systems queue).
+    fn send(&mut self, event: &Event) -> Result<(), SendError>;
+    /// True when the sink's own queue already counted a drop it reports as `Full`.
+    fn counts_own_drops(&self) -> bool {
+        false
+    }
+}
+
+impl EventSink for JsonLines {
+    fn name(&self) -> &'static str {
+        JsonLines::name(self)
+    }
+    fn send(&mut self, event: &Event) -> Result<(), SendError> {
+        Ok(self.write(&event.to_json())?)
+    }
+}
+
+/// Sends events into a caller's bounded channel without ever blocking; a full channel loses the
+/// event (counted as failed with reason `queue_full`).
+pub struct ChannelSink {
+    pub name: &'static str,
+    pub tx: crossbeam_channel::Sender<Event>,
+}
+
+impl EventSink for ChannelSink {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn send(&mut self, event: &Event) -> Result<(), SendError> {
+        use crate::queue::PushError;
+        self.tx.try_send(event.clone()).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(_) => SendError::Queue(PushError::Full),
+            crossbeam_channel::TrySendError::Disconnected(_) => SendError::Queue(PushError::Closed),
+        })
+    }
 }
 
 fn open_append(path: &Path) -> Result<(std::fs::File, u64), SinkError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|error| SinkError { path: path.to_path_buf(), error })?;
+        std::fs::create_dir_all(dir).map_err(|error| SinkError::File { path: path.to_path_buf(), error })?;
     }
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|error| SinkError { path: path.to_path_buf(), error })?;
+        .map_err(|error| SinkError::File { path: path.to_path_buf(), error })?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     Ok((f, len))
 }
@@ -174,7 +240,9 @@ impl JsonLines {
                     let _ = std::fs::rename(numbered(n), numbered(n + 1));
                 }
                 std::fs::rename(&r.path, numbered(1))?;
-                let (f, _) = open_append(&r.path).map_err(|e| e.error)?;
+                let (f, _) = open_append(&r.path).map_err(|e| match e {
+                    SinkError::File { error, .. } | SinkError::Thread { error, .. } => error,
+                })?;
                 self.out = Box::new(f);
                 r.written = 0;
             }

@@ -53,7 +53,7 @@ fn noisy(centre: &[f32], rng: &mut Rng) -> Vec<f32> {
 }
 
 fn rss_mb() -> f64 {
-    crate::bench::proc_status_mb("VmRSS:")
+    crate::telemetry::proc_status_mb("VmRSS:")
 }
 
 fn measure(g: &Gallery, queries: &[(usize, Vec<f32>)], exact_answers: Option<&[u64]>) -> (f64, f64, f64, f64, f64, Vec<u64>) {

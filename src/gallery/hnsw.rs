@@ -175,7 +175,7 @@ impl Hnsw {
                         }
                         h.link(i as u32);
                         let d = done.fetch_add(1, Ordering::Relaxed) + 1;
-                        if d % 65_536 == 0 {
+                        if d.is_multiple_of(65_536) {
                             progress(d + seed_nodes);
                         }
                     }
@@ -244,7 +244,7 @@ impl Hnsw {
                 // SAFETY: a prefetch of an address inside the codes array; it never faults.
                 unsafe {
                     use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-                    let p = self.codes.as_ptr().add(i) as *const i8;
+                    let p = self.codes.as_ptr().add(i);
                     _mm_prefetch::<_MM_HINT_T0>(p);
                     _mm_prefetch::<_MM_HINT_T0>(p.add(64));
                 }
@@ -469,11 +469,7 @@ impl Hnsw {
         };
         let mut links0 = Vec::with_capacity(n as usize * (h.m0 + 1));
         for _ in 0..n as usize * (h.m0 + 1) {
-            let v = word()?;
-            if v > n as u32 + h.m0 as u32 {
-                return None;
-            }
-            links0.push(AtomicU32::new(v));
+            links0.push(AtomicU32::new(word()?));
         }
         let mut upper = Vec::with_capacity(n as usize);
         for &l in &h.levels {
@@ -487,8 +483,49 @@ impl Hnsw {
         h.links0 = links0;
         h.upper = upper;
         h.locks = (0..n).map(|_| Mutex::new(())).collect();
-        *h.entry.lock().unwrap_or_else(|p| p.into_inner()) = if ep == u32::MAX as u64 { None } else { Some((ep as u32, top as usize)) };
+        let entry = if ep == u32::MAX as u64 { None } else { Some((ep as u32, top as usize)) };
+        if let Err(why) = h.check_links(entry) {
+            tracing::warn!(dump = %path.display(), why, "gallery index dump is inconsistent; rebuilding instead");
+            return None;
+        }
+        *h.entry.lock().unwrap_or_else(|p| p.into_inner()) = entry;
         Some(h)
+    }
+
+    /// Every link of a loaded graph points at a node that exists on that layer, no list is longer
+    /// than its layer allows, and the entry point is the (a) top node: a damaged dump would
+    /// otherwise index out of bounds in the middle of a search.
+    fn check_links(&self, entry: Option<(u32, usize)>) -> Result<(), &'static str> {
+        let n = self.levels.len();
+        let top = self.levels.iter().copied().max().unwrap_or(0) as usize;
+        match entry {
+            None if n > 0 => return Err("no entry point in a non-empty graph"),
+            Some((ep, layer)) if ep as usize >= n || self.levels[ep as usize] as usize != layer || layer != top => return Err("entry point is not a top-layer node"),
+            _ => {}
+        }
+        let stride0 = self.m0 + 1;
+        for node in 0..n {
+            let block = &self.links0[node * stride0..(node + 1) * stride0];
+            let count = block[0].load(Ordering::Relaxed) as usize;
+            if count > self.m0 || block[1..=count].iter().any(|l| l.load(Ordering::Relaxed) as usize >= n) {
+                return Err("bad layer-0 link list");
+            }
+            let stride = self.params.m + 1;
+            for layer in 1..=self.levels[node] as usize {
+                let block = &self.upper[node][(layer - 1) * stride..layer * stride];
+                let count = block[0].load(Ordering::Relaxed) as usize;
+                if count > self.params.m {
+                    return Err("upper-layer link list too long");
+                }
+                for l in &block[1..=count] {
+                    let target = l.load(Ordering::Relaxed) as usize;
+                    if target >= n || (self.levels[target] as usize) < layer {
+                        return Err("upper-layer link to a node not on that layer");
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -587,6 +624,40 @@ pub(crate) mod tests {
 
     fn exact(vectors: &[f32], q: &[f32]) -> u32 {
         (0..vectors.len() / DIM).map(|i| Cand(1.0 - dot(q, &vectors[i * DIM..(i + 1) * DIM]), i as u32)).min().unwrap().1
+    }
+
+    #[test]
+    fn a_dump_with_a_bad_upper_layer_link_or_entry_point_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.hnsw");
+        let data = random_unit(400, 3);
+        let h = Hnsw::build(&data, Params::default(), 1, &|_| {});
+        h.save(&path, 42).unwrap();
+        assert!(Hnsw::load(&path, &data, 42).is_some(), "an intact dump loads");
+        let good = std::fs::read(&path).unwrap();
+        let n = h.len();
+        let header = 8 + 7 * 8;
+        let upper_start = header + n + n * (h.m0 + 1) * 4;
+        // The first node with an upper layer, and a node that has none.
+        let (first_upper, _) = h.levels.iter().enumerate().find(|(_, l)| **l > 0).unwrap();
+        let flat = h.levels.iter().position(|l| *l == 0).unwrap() as u32;
+        let offset = upper_start + h.levels[..first_upper].iter().map(|&l| l as usize * (h.params.m + 1) * 4).sum::<usize>();
+        let count = u32::from_le_bytes(good[offset..offset + 4].try_into().unwrap());
+        assert!(count > 0, "the node has layer-1 links");
+        let corrupt = |at: usize, value: u32| {
+            let mut bytes = good.clone();
+            bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+            std::fs::write(&path, bytes).unwrap();
+            Hnsw::load(&path, &data, 42)
+        };
+        assert!(corrupt(offset + 4, flat).is_none(), "a layer-1 link to a layer-0 node");
+        assert!(corrupt(offset + 4, n as u32 + 7).is_none(), "a link past the last node");
+        assert!(corrupt(offset, h.params.m as u32 + 1).is_none(), "a list longer than m");
+        let ep_at = 8 + 5 * 8;
+        assert!(corrupt(ep_at, flat).is_none(), "an entry point that is not on the top layer");
+        assert!(corrupt(ep_at, n as u32 + 1).is_none(), "an entry point past the last node");
+        std::fs::write(&path, &good).unwrap();
+        assert!(Hnsw::load(&path, &data, 42).is_some());
     }
 
     #[test]

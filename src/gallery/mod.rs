@@ -33,6 +33,10 @@ pub enum GalleryError {
     Dimension { got: usize },
     #[error("{path}: {reason}")]
     Enroll { path: PathBuf, reason: String },
+    #[error("person id {id} belongs to `{holder}`; refusing to add a sample of `{name}` to it")]
+    IdTaken { id: u64, holder: String, name: String },
+    #[error("a person named `{name}` is already in the gallery (id {id})")]
+    NameTaken { name: String, id: u64 },
     #[error(transparent)]
     Store(#[from] store::StoreError),
 }
@@ -40,6 +44,13 @@ pub enum GalleryError {
 /// Default number of samples above which the HNSW index replaces the exact scan (measured with
 /// `facestream bench-gallery`, see BENCHMARKS.md).
 pub const DEFAULT_CROSSOVER: usize = 20_000;
+/// First id handed out by [`Gallery::add`] to persons that live only in memory (the config's
+/// `[[gallery.people]]`, evaluation galleries). The store's ids (SQLite AUTOINCREMENT from 1) never
+/// reach it, so a person created over the API can never be given a config person's id.
+pub const LOCAL_ID_BASE: u64 = 1 << 40;
+/// Largest gallery whose first index is built inline when an enrollment crosses the crossover
+/// (a few milliseconds); larger ones are built in the background.
+const SYNC_BUILD_PERSONS: usize = 2_000;
 /// Rebuild the HNSW index when this fraction of its points belong to removed persons.
 const TOMBSTONE_REBUILD: f64 = 0.2;
 
@@ -62,7 +73,8 @@ pub struct Gallery {
     tombstones: usize,
     /// Sample slots of each person (for matching on every sample and for templates).
     slots: HashMap<u64, Vec<u32>>,
-    next_id: u64,
+    /// Next id for in-memory persons (from [`LOCAL_ID_BASE`]).
+    next_local_id: u64,
     index: Option<PersonIndex>,
     /// A rebuild running in the background, and the persons changed since its snapshot.
     rebuild: Option<(std::thread::JoinHandle<PersonIndex>, std::collections::HashSet<u64>)>,
@@ -123,12 +135,11 @@ impl PersonIndex {
         let started = std::time::Instant::now();
         let ids: Vec<f32> = persons.iter().flat_map(|&p| [f32::from_bits(p as u32), f32::from_bits((p >> 32) as u32)]).collect();
         let fp = hnsw::fingerprint(templates) ^ hnsw::fingerprint(&ids).rotate_left(17);
-        if let Some(path) = dump {
-            if let Some(h) = hnsw::Hnsw::load(path, templates, fp) {
+        if let Some(path) = dump
+            && let Some(h) = hnsw::Hnsw::load(path, templates, fp) {
                 tracing::info!(persons = persons.len(), seconds = started.elapsed().as_secs_f32(), dump = %path.display(), "gallery index reloaded from its dump");
                 return Self::from_parts(Graph::Hnsw(h), persons);
             }
-        }
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let params = hnsw::Params::default();
         let total = persons.len();
@@ -208,7 +219,7 @@ impl Gallery {
             owners: Vec::new(),
             tombstones: 0,
             slots: HashMap::new(),
-            next_id: 1,
+            next_local_id: LOCAL_ID_BASE,
             index: None,
             rebuild: None,
             bulk: false,
@@ -360,28 +371,29 @@ impl Gallery {
     }
 
     /// Starts rebuilding the index from a snapshot in the background (searches go on with the
-    /// current index, whose removed entries are skipped).
-    fn start_background_rebuild(&mut self) {
+    /// current index, whose removed entries are skipped); [`Gallery::maintain`] swaps it in.
+    pub fn start_background_rebuild(&mut self) {
         if self.rebuild.is_some() {
             return;
         }
         let (templates, ids) = self.templates();
         let dump = self.index_dump.clone();
         let kind = self.index_kind;
-        let handle = std::thread::Builder::new()
-            .name("gallery-index".into())
-            .spawn(move || PersonIndex::build(&templates, ids, dump.as_deref(), kind))
-            .expect("spawn the index rebuild thread");
-        self.rebuild = Some((handle, Default::default()));
+        match std::thread::Builder::new().name("gallery-index".into()).spawn(move || PersonIndex::build(&templates, ids, dump.as_deref(), kind)) {
+            Ok(handle) => self.rebuild = Some((handle, Default::default())),
+            // Searches go on with the current index (or the exact scan); the next change retries.
+            Err(e) => tracing::error!(error = %e, "cannot start the gallery index rebuild thread"),
+        }
     }
 
-    /// Adds a sample to the person of that name (created when new); returns the person's id.
+    /// Adds a sample to the person of that name (created when new, with an in-memory id from
+    /// [`LOCAL_ID_BASE`] on); returns the person's id.
     pub fn add(&mut self, name: &str, embedding: Embedding) -> Result<u64, GalleryError> {
         let id = match self.by_name.get(name) {
             Some(id) => *id,
             None => {
-                let id = self.next_id;
-                self.next_id += 1;
+                let id = self.next_local_id;
+                self.next_local_id += 1;
                 id
             }
         };
@@ -389,12 +401,21 @@ impl Gallery {
         Ok(id)
     }
 
-    /// Adds a sample for a person whose id is fixed elsewhere (the store).
+    /// Adds a sample for a person whose id is fixed elsewhere (the store). An id that already
+    /// belongs to a person of another name is refused: a sample never lands on someone else.
     pub fn add_with_id(&mut self, id: u64, name: &str, embedding: Embedding) -> Result<(), GalleryError> {
         if embedding.len() != DIM {
             return Err(GalleryError::Dimension { got: embedding.len() });
         }
-        self.next_id = self.next_id.max(id + 1);
+        if let Some(p) = self.persons.get(&id).filter(|p| p.name != name) {
+            return Err(GalleryError::IdTaken { id, holder: p.name.clone(), name: name.to_string() });
+        }
+        if let Some(&other) = self.by_name.get(name).filter(|&&other| other != id) {
+            return Err(GalleryError::NameTaken { name: name.to_string(), id: other });
+        }
+        if id >= LOCAL_ID_BASE {
+            self.next_local_id = self.next_local_id.max(id + 1);
+        }
         let p = self.persons.entry(id).or_insert_with(|| PersonInfo { id, name: name.to_string(), samples: 0 });
         p.samples += 1;
         self.by_name.insert(name.to_string(), id);
@@ -407,7 +428,13 @@ impl Gallery {
         if self.index.is_some() {
             self.reindex(id);
         } else if !self.bulk && self.samples() >= self.crossover {
-            self.rebuild_index();
+            // A small gallery gets its index at once; a large one is built in the background
+            // (searches scan exactly meanwhile), so no caller holds the write lock for a build.
+            if self.persons.len() <= SYNC_BUILD_PERSONS {
+                self.rebuild_index();
+            } else {
+                self.start_background_rebuild();
+            }
         }
         Ok(())
     }
@@ -581,20 +608,8 @@ impl GalleryConfig {
         }
         if let Some(folder) = &self.folder {
             let folder = abs(folder);
-            let entries = std::fs::read_dir(&folder).map_err(|e| GalleryError::Enroll { path: folder.clone(), reason: e.to_string() })?;
-            let mut dirs: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
-            dirs.sort();
-            for dir in dirs {
-                let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let mut files: Vec<_> = std::fs::read_dir(&dir)
-                    .map_err(|e| GalleryError::Enroll { path: dir.clone(), reason: e.to_string() })?
-                    .filter_map(|e| e.ok())
-                    .map(|e| e.path())
-                    .filter(|p| p.is_file())
-                    .collect();
-                files.sort();
-                out.extend(files.into_iter().map(|f| (name.clone(), f)));
-            }
+            let photos = crate::dataset::read_folder(&folder).map_err(|e| GalleryError::Enroll { path: folder.clone(), reason: e.to_string() })?;
+            out.extend(photos.into_iter().map(|l| (l.identity, l.path)));
         }
         Ok(out)
     }
@@ -622,6 +637,19 @@ mod tests {
         assert!(g.remove_name("a"));
         assert_eq!(g.search(&unit(3), 2)[0].name, "b");
         assert!(g.add("c", vec![0.0; 3]).is_err());
+    }
+
+    #[test]
+    fn in_memory_and_store_persons_never_share_an_id() {
+        let mut g = Gallery::new();
+        let local = g.add("config-person", unit(1)).unwrap();
+        assert!(local >= LOCAL_ID_BASE);
+        g.add_with_id(1, "from-store", unit(2)).unwrap();
+        assert!(matches!(g.add_with_id(1, "someone-else", unit(3)), Err(GalleryError::IdTaken { .. })), "a sample never lands on another person");
+        assert!(matches!(g.add_with_id(2, "config-person", unit(3)), Err(GalleryError::NameTaken { .. })));
+        assert_eq!(g.search(&unit(1), 1)[0].name, "config-person");
+        assert_eq!(g.search(&unit(2), 1)[0].name, "from-store");
+        assert_eq!(g.len(), 2);
     }
 
     #[test]

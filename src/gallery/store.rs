@@ -91,6 +91,36 @@ pub fn default_path() -> PathBuf {
     base.join("facestream").join("gallery.db")
 }
 
+/// Stores made before ids were AUTOINCREMENT reused the highest deleted id; the persons table is
+/// rebuilt once with AUTOINCREMENT (SQLite's table-rebuild procedure, foreign keys off meanwhile so
+/// the samples stay), and the sequence starts above every id seen.
+fn migrate_autoincrement(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let sql: String = conn.query_row("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'persons'", [], |r| r.get(0))?;
+    if sql.to_ascii_uppercase().contains("AUTOINCREMENT") {
+        return Ok(());
+    }
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let result = conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE persons_new (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             name TEXT NOT NULL UNIQUE,
+             metadata TEXT NOT NULL DEFAULT '{}',
+             created INTEGER NOT NULL,
+             updated INTEGER NOT NULL
+         );
+         INSERT INTO persons_new (id, name, metadata, created, updated) SELECT id, name, metadata, created, updated FROM persons;
+         DROP TABLE persons;
+         ALTER TABLE persons_new RENAME TO persons;
+         COMMIT;",
+    );
+    if result.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    result
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let open_err = |reason: String| StoreError::Open { path: path.to_path_buf(), reason };
@@ -105,7 +135,7 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS persons (
-                id INTEGER PRIMARY KEY,
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
                 name TEXT NOT NULL UNIQUE,
                 metadata TEXT NOT NULL DEFAULT '{}',
                 created INTEGER NOT NULL,
@@ -123,7 +153,24 @@ impl Store {
             CREATE INDEX IF NOT EXISTS samples_person ON samples(person_id);",
         )
         .map_err(|e| open_err(e.to_string()))?;
+        migrate_autoincrement(&conn).map_err(|e| open_err(format!("cannot upgrade the persons table: {e}")))?;
         Ok(Self { conn, path: path.to_path_buf() })
+    }
+
+    /// Adds one face sample to an existing person, in one transaction; `NoPerson` when the person
+    /// is gone (deleted while the upload was analysed): a delete is never undone by an upload.
+    pub fn add_sample_to(&mut self, person_id: u64, embedding: &[f32], model_id: &str, quality: f32, image_sha256: &str) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        let t = now() as i64;
+        if tx.execute("UPDATE persons SET updated = ?1 WHERE id = ?2", params![t, person_id as i64])? == 0 {
+            return Err(StoreError::NoPerson(format!("id {person_id}")));
+        }
+        tx.execute(
+            "INSERT INTO samples (person_id, embedding, model_id, quality, image_sha256, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![person_id as i64, to_blob(embedding), model_id, quality, image_sha256, t],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Creates the person when new; returns the id.
@@ -305,6 +352,36 @@ mod tests {
     }
 
     #[test]
+    fn ids_are_never_reused_and_old_stores_are_upgraded_keeping_their_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            // The schema of stores written before ids were AUTOINCREMENT.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE persons (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, metadata TEXT NOT NULL DEFAULT '{}', created INTEGER NOT NULL, updated INTEGER NOT NULL);
+                 CREATE TABLE samples (id INTEGER PRIMARY KEY, person_id INTEGER NOT NULL REFERENCES persons(id) ON DELETE CASCADE, embedding BLOB NOT NULL, model_id TEXT NOT NULL, quality REAL NOT NULL, image_sha256 TEXT NOT NULL, created INTEGER NOT NULL);
+                 INSERT INTO persons VALUES (1, 'ann', '{}', 0, 0), (2, 'bob', '{}', 0, 0);
+                 INSERT INTO samples VALUES (1, 2, x'00', 'm1', 0.5, 'h', 0);",
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.samples(None).unwrap().len(), 1, "the upgrade keeps the samples");
+        assert!(s.remove_person(2).unwrap());
+        let carl = s.ensure_person("carl", None).unwrap();
+        assert_eq!(carl, 3, "the removed highest id 2 is not handed out again");
+        assert!(s.remove_person(carl).unwrap());
+        drop(s);
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.ensure_person("dora", None).unwrap(), 4, "not even after a reopen");
+        let e = vec![0.0f32; DIM];
+        assert!(matches!(s.add_sample_to(99, &e, "m1", 0.5, "h"), Err(StoreError::NoPerson(_))), "no sample for a missing person");
+        assert!(s.person_by_name("ann").unwrap().is_some());
+        assert_eq!(s.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
     fn the_hnsw_index_is_dumped_beside_the_store_and_reloaded_only_while_current() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.db");
@@ -337,5 +414,11 @@ mod tests {
         // A damaged dump is ignored (rebuilt), never trusted.
         std::fs::write(&dump, b"FSHNSW01 garbage").unwrap();
         assert_eq!(load(&s).search(&vec_of(5), 1)[0].name, "p5");
+        // A well-formed dump whose entry point is out of range: rejected and rebuilt, no panic.
+        let mut bytes = std::fs::read(&dump).unwrap();
+        bytes[48..52].copy_from_slice(&100_000u32.to_le_bytes());
+        std::fs::write(&dump, &bytes).unwrap();
+        assert_eq!(load(&s).search(&vec_of(7), 1)[0].name, "p7");
+        assert_ne!(std::fs::read(&dump).unwrap(), bytes, "the rejected dump was replaced by a rebuilt one");
     }
 }

@@ -97,7 +97,9 @@ async fn create_person(State(state): State<ApiState>, headers: HeaderMap, body: 
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "name must not be empty"));
     }
     let mut st = store(&state);
-    if st.person_by_name(&p.name).map_err(ApiError::internal)?.is_some() {
+    // A name taken in the store, or by a person of the config's gallery (in memory only).
+    let in_gallery = state.gallery.read().map(|g| g.person_id(&p.name).is_some()).unwrap_or(false);
+    if in_gallery || st.person_by_name(&p.name).map_err(ApiError::internal)?.is_some() {
         return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("a person named `{}` exists", p.name)));
     }
     let id = st.ensure_person(&p.name, p.metadata.as_ref()).map_err(ApiError::internal)?;
@@ -121,13 +123,19 @@ async fn get_person(State(state): State<ApiState>, UrlPath(id): UrlPath<String>)
 async fn delete_person(State(state): State<ApiState>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> ApiResult {
     authorize(&state, &headers)?;
     let id = parse_id(&id)?;
-    if !store(&state).remove_person(id).map_err(ApiError::internal)? {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no person {id}")));
-    }
-    if let Ok(mut g) = state.gallery.write() {
-        g.remove(id);
-    }
-    Ok(StatusCode::NO_CONTENT.into_response())
+    // The store lock is held until the gallery has forgotten the person too, so an upload for
+    // this person (which takes the same lock for its store and gallery writes) lands wholly
+    // before the delete or finds the person gone.
+    tokio::task::spawn_blocking(move || {
+        let mut st = store(&state);
+        if !st.remove_person(id).map_err(ApiError::internal)? {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no person {id}")));
+        }
+        state.gallery.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        Ok(StatusCode::NO_CONTENT.into_response())
+    })
+    .await
+    .map_err(ApiError::internal)?
 }
 
 /// The image of a request: a multipart field named `image` (or the first file), or the raw body.
@@ -184,10 +192,20 @@ async fn add_face(State(state): State<ApiState>, UrlPath(id): UrlPath<String>, r
         }
         other => ApiError::internal(other),
     })?;
-    store(&state).add_sample(&person.name, &e.embedding, &model, e.quality, &e.image_sha256).map_err(ApiError::internal)?;
-    if let Ok(mut g) = state.gallery.write() {
-        g.add_with_id(id, &person.name, e.embedding).map_err(ApiError::internal)?;
-    }
+    // Store and gallery change under one lock (see delete_person), off the async workers: a
+    // person deleted while the image was analysed stays deleted and the upload gets 404.
+    let (st, name) = (state.clone(), person.name.clone());
+    let e = tokio::task::spawn_blocking(move || {
+        let mut store = store(&st);
+        store.add_sample_to(id, &e.embedding, &model, e.quality, &e.image_sha256).map_err(|err| match err {
+            crate::gallery::store::StoreError::NoPerson(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no person {id} (deleted while the image was analysed)")),
+            other => ApiError::internal(other),
+        })?;
+        st.gallery.write().unwrap_or_else(|p| p.into_inner()).add_with_id(id, &name, e.embedding.clone()).map_err(ApiError::internal)?;
+        Ok::<_, ApiError>(e)
+    })
+    .await
+    .map_err(ApiError::internal)??;
     let f = &e.face;
     Ok((
         StatusCode::CREATED,

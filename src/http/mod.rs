@@ -15,46 +15,16 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use crate::events::Event;
+use crate::events::{Event, EventSink, SendError};
 use crate::gallery::SharedGallery;
 use crate::ingest::{CameraState, CameraStatus};
 use crate::telemetry::metrics;
-use crate::topology::EventSink;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    pub enabled: bool,
-    /// Address to listen on. The default keeps it on this machine; use 0.0.0.0:9464 to expose it.
-    pub bind: String,
-    /// Events buffered per event-stream client; a client further behind loses events (counted).
-    pub sse_buffer: usize,
-    /// When set, gallery changes over /api need `Authorization: Bearer <token>`.
-    pub token: Option<String>,
-    /// Largest image accepted by /api, in MiB.
-    pub max_upload_mb: usize,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self { enabled: true, bind: "127.0.0.1:9464".into(), sse_buffer: 256, token: None, max_upload_mb: 10 }
-    }
-}
-
-impl HttpConfig {
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        self.bind.parse::<SocketAddr>().map_err(|e| ("bind".to_string(), format!("`{}` is not an address:port ({e})", self.bind)))?;
-        if self.sse_buffer == 0 {
-            return Err(("sse_buffer".into(), "must be at least 1".into()));
-        }
-        Ok(())
-    }
-}
+pub use crate::config::http::HttpConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -101,7 +71,7 @@ impl EventSink for BroadcastSink {
     fn name(&self) -> &'static str {
         "sse"
     }
-    fn send(&mut self, event: &Event) -> Result<(), String> {
+    fn send(&mut self, event: &Event) -> Result<(), SendError> {
         // No subscriber is not a failure: nobody asked for the events.
         let _ = self.tx.send(Arc::from(event.to_json()));
         Ok(())

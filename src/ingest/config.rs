@@ -120,21 +120,27 @@ impl CameraConfig {
         Ok(SourceKind::Uri { uri: format!("file://{}", abs.display()), live: false })
     }
 
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Every problem as (key, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
         if self.id.is_empty() || !self.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(("id".into(), format!("must be non-empty letters, digits, `-` or `_` (got {:?})", self.id)));
+            p.push(("id".into(), format!("must be non-empty letters, digits, `-` or `_` (got {:?})", self.id)));
         }
         if !(0.0..=240.0).contains(&self.max_fps) {
-            return Err(("max_fps".into(), format!("must be between 0 (no cap) and 240, got {}", self.max_fps)));
+            p.push(("max_fps".into(), format!("must be between 0 (no cap) and 240, got {}", self.max_fps)));
         }
-        if let Some(m) = self.min_face {
-            if !(12.0..=4096.0).contains(&m) {
-                return Err(("min_face".into(), format!("must be between 12 and 4096 pixels, got {m}")));
+        if let Some(m) = self.min_face
+            && !(12.0..=4096.0).contains(&m) {
+                p.push(("min_face".into(), format!("must be between 12 and 4096 pixels, got {m}")));
             }
-        }
         if self.latency_ms > 10_000 {
-            return Err(("latency_ms".into(), format!("must be at most 10000, got {}", self.latency_ms)));
+            p.push(("latency_ms".into(), format!("must be at most 10000, got {}", self.latency_ms)));
         }
-        Ok(())
+        p
+    }
+
+    /// The first problem, if any.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.problems().into_iter().next().map_or(Ok(()), Err)
     }
 }

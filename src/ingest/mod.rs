@@ -178,10 +178,7 @@ enum RunEnd {
 pub fn run_camera(cam: CameraConfig, base: &Path, sink: Arc<dyn FrameSink>, status: Arc<Mutex<CameraStatus>>, stop: Arc<AtomicBool>, seed: u64) {
     let camera: Arc<str> = Arc::from(cam.id.as_str());
     // Staggered start (the bench harness spreads looped clips so their loops do not coincide).
-    let start_at = Instant::now() + cam.start_delay;
-    while Instant::now() < start_at && !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    sleep_unless_stopped(cam.start_delay, &stop);
     let set_state = |state: CameraState, error: Option<String>| {
         if let Ok(mut s) = status.lock() {
             s.state = state;
@@ -268,17 +265,25 @@ pub fn run_camera(cam: CameraConfig, base: &Path, sink: Arc<dyn FrameSink>, stat
                 if let Ok(mut s) = status.lock() {
                     s.reconnects += 1;
                 }
-                let until = Instant::now() + delay;
-                while Instant::now() < until {
-                    if stop.load(Ordering::Relaxed) {
-                        set_state(CameraState::Stopped, None);
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
+                if !sleep_unless_stopped(delay, &stop) {
+                    set_state(CameraState::Stopped, None);
+                    return;
                 }
             }
         }
     }
+}
+
+/// Waits `d` in short steps; false as soon as `stop` is set.
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    !stop.load(Ordering::Relaxed)
 }
 
 /// Delay before reconnect attempt `n` (1-based): 1 s doubling to 30 s, with ±20% jitter so many
@@ -358,12 +363,11 @@ fn run_pipeline(
                 Some(pts) => Duration::from_nanos(pts.nseconds()),
                 None => started.elapsed(),
             };
-            if let Some(prev) = last_accept {
-                if now >= prev && now - prev < min_interval.mul_f32(0.9) {
+            if let Some(prev) = last_accept
+                && now >= prev && now - prev < min_interval.mul_f32(0.9) {
                     sink.skipped(camera);
                     continue;
                 }
-            }
             let frame = match frame_from_sample(camera, &sample, *seq) {
                 Ok(f) => f,
                 Err(e) => {

@@ -29,6 +29,9 @@ pub const CAPTURE_TO_DETECT_SECONDS: &str = "facestream_capture_to_detect_second
 pub const CAPTURE_TO_EMBED_SECONDS: &str = "facestream_capture_to_embed_seconds";
 pub const BATCH_SIZE: &str = "facestream_embed_batch_size";
 pub const BUILD_INFO: &str = "facestream_build_info";
+pub const QUEUE_DROPPED: &str = "facestream_queue_dropped_total";
+pub const BUS_DROPPED: &str = "facestream_bus_dropped_total";
+pub const DECIDED_FEEDBACK_DROPPED: &str = "facestream_decided_feedback_dropped_total";
 
 pub struct Metrics {
     pub registry: Registry,
@@ -55,6 +58,8 @@ pub struct Metrics {
     pub capture_to_embed: Histogram,
     pub batch_size: Histogram,
     pub build_info: IntGaugeVec,
+    pub queue_dropped: IntCounterVec,
+    pub bus_dropped: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -127,7 +132,9 @@ impl Metrics {
             capture_to_detect,
             capture_to_embed,
             batch_size,
-            build_info: gauge(&r, BUILD_INFO, "Build and runtime facts", &["version", "detector", "embedder", "provider"]),
+            build_info: gauge(&r, BUILD_INFO, "Build and runtime facts", &["version", "detector", "embedder", "provider", "threshold", "threshold_source"]),
+            queue_dropped: counter(&r, QUEUE_DROPPED, "Items a stage queue dropped by its when-full policy (track, batch, identify, decided feedback)", &["queue"]),
+            bus_dropped: counter(&r, BUS_DROPPED, "Track updates a decisions-bus subscriber lost because its queue was full", &["subscriber"]),
             registry: r,
         }
     }
@@ -146,6 +153,16 @@ pub fn thread_cpu_seconds() -> f64 {
     // SAFETY: clock_gettime writes one timespec into the struct passed; the clock id is a constant.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     if rc == 0 { ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9 } else { 0.0 }
+}
+
+/// A memory figure of this process from /proc/self/status (`VmRSS:`, `VmHWM:`, ...) in MiB; 0 when
+/// unavailable.
+pub fn proc_status_mb(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
 }
 
 /// The process-wide metrics.

@@ -47,35 +47,50 @@ impl Default for TrackConfig {
 }
 
 impl TrackConfig {
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// Every problem as (key, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
         let unit = |k: &str, v: f32| {
             if (0.0..=1.0).contains(&v) { Ok(()) } else { Err((k.to_string(), format!("must be in [0, 1], got {v}"))) }
         };
-        unit("high_score", self.high_score)?;
-        unit("low_score", self.low_score)?;
-        unit("match_iou", self.match_iou)?;
-        unit("low_match_iou", self.low_match_iou)?;
+        if let Err(e) = unit("high_score", self.high_score) {
+            p.push(e);
+        }
+        if let Err(e) = unit("low_score", self.low_score) {
+            p.push(e);
+        }
+        if let Err(e) = unit("match_iou", self.match_iou) {
+            p.push(e);
+        }
+        if let Err(e) = unit("low_match_iou", self.low_match_iou) {
+            p.push(e);
+        }
         if self.low_score > self.high_score {
-            return Err(("low_score".into(), format!("must not exceed high_score ({})", self.high_score)));
+            p.push(("low_score".into(), format!("must not exceed high_score ({})", self.high_score)));
         }
         if self.confirm_hits == 0 {
-            return Err(("confirm_hits".into(), "must be at least 1".into()));
+            p.push(("confirm_hits".into(), "must be at least 1".into()));
         }
         if self.max_age == 0 {
-            return Err(("max_age".into(), "must be at least 1".into()));
+            p.push(("max_age".into(), "must be at least 1".into()));
         }
         if self.max_embeddings == 0 {
-            return Err(("max_embeddings".into(), "must be at least 1".into()));
+            p.push(("max_embeddings".into(), "must be at least 1".into()));
         }
         if self.quality_gain < 1.0 {
-            return Err(("quality_gain".into(), format!("must be at least 1.0, got {}", self.quality_gain)));
+            p.push(("quality_gain".into(), format!("must be at least 1.0, got {}", self.quality_gain)));
         }
         if self.refresh_seconds < 0.0 {
-            return Err(("refresh_seconds".into(), "must not be negative".into()));
+            p.push(("refresh_seconds".into(), "must not be negative".into()));
         }
         if self.decided_refresh_seconds < 0.0 {
-            return Err(("decided_refresh_seconds".into(), "must not be negative".into()));
+            p.push(("decided_refresh_seconds".into(), "must not be negative".into()));
         }
-        Ok(())
+        p
+    }
+
+    /// The first problem, if any.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.problems().into_iter().next().map_or(Ok(()), Err)
     }
 }

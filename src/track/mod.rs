@@ -8,6 +8,7 @@ mod assign;
 pub mod config;
 mod kalman;
 pub mod quality;
+pub mod stage;
 
 pub use assign::assign;
 pub use config::TrackConfig;

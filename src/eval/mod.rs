@@ -1,5 +1,11 @@
-//! Verification metrics over pairs of embeddings: ROC AUC, TAR at fixed FAR, EER and best accuracy,
-//! each with the distance threshold that gives it. Smaller distance means "more alike".
+//! Accuracy figures: verification over pairs of embeddings (ROC AUC, TAR at fixed FAR, EER and
+//! best accuracy, each with the distance threshold that gives it; smaller distance means "more
+//! alike"), the open-set protocol at several gallery sizes (`open_set`), embedding labelled sets
+//! once (`embedded`) and the curves as a PNG (`plot`).
+
+pub mod embedded;
+pub mod open_set;
+pub mod plot;
 
 use serde::Serialize;
 

@@ -5,45 +5,8 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
-
+use super::config::IdentifyConfig as VoteConfig;
 use crate::gallery::Match;
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VoteConfig {
-    /// Distance at or below which a match counts (default: the embedder's calibrated threshold).
-    pub threshold: Option<f32>,
-    /// The best person must be this much nearer than the second-best person to get a vote.
-    pub margin: f32,
-    /// Votes a person needs before the track is named.
-    pub min_votes: u32,
-    /// Non-matching embeddings needed before the track is reported as `unknown`.
-    pub unknown_votes: u32,
-}
-
-impl Default for VoteConfig {
-    fn default() -> Self {
-        Self { threshold: None, margin: 0.05, min_votes: 2, unknown_votes: 3 }
-    }
-}
-
-impl VoteConfig {
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        if let Some(t) = self.threshold {
-            if !(0.0..=2.0).contains(&t) {
-                return Err(("threshold".into(), format!("must be between 0 and 2, got {t}")));
-            }
-        }
-        if !(0.0..=2.0).contains(&self.margin) {
-            return Err(("margin".into(), format!("must be between 0 and 2, got {}", self.margin)));
-        }
-        if self.min_votes == 0 || self.unknown_votes == 0 {
-            return Err(("min_votes".into(), "min_votes and unknown_votes must be at least 1".into()));
-        }
-        Ok(())
-    }
-}
 
 /// A decision the vote reached.
 #[derive(Clone, Debug, PartialEq)]

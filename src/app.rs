@@ -1,0 +1,188 @@
+//! The application runner that `run`, `bench` and the tests share: loads the gallery (the store
+//! and the config's people), starts the HTTP server with the gallery API, the pipeline and the
+//! housekeeping loop (swaps in gallery indexes rebuilt in the background, keeps
+//! `facestream_gallery_persons` current), and stops them in order.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::events::EventSink;
+use crate::gallery::store::{Store, StoreError};
+use crate::gallery::{Gallery, SharedGallery};
+use crate::http::{self, AppState, HttpError, Server};
+use crate::identify::OperatingPoint;
+use crate::ingest::CameraState;
+use crate::photo::{Analyzer, EnrollError, PhotoError, enroll_photos};
+use crate::telemetry::metrics;
+use crate::topology::{self, Running, Subscription, TopologyError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Photo(#[from] PhotoError),
+    #[error(transparent)]
+    Enroll(#[from] EnrollError),
+    #[error(transparent)]
+    Gallery(#[from] crate::gallery::GalleryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error("cannot start the housekeeping thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What to start besides the pipeline.
+#[derive(Default)]
+pub struct AppOptions {
+    /// Start the HTTP server (when the config enables it) with the gallery API.
+    pub http: bool,
+    /// Sinks besides the configured ones.
+    pub extra_sinks: Vec<Box<dyn EventSink>>,
+    /// Applications on the decisions bus.
+    pub apps: Vec<Subscription>,
+}
+
+/// The gallery `run` starts with (the store's persons, then the config's people, in memory) and
+/// what the gallery API needs: the store and an analyzer.
+pub struct LoadedGallery {
+    pub gallery: Gallery,
+    pub store: Store,
+    pub analyzer: Analyzer,
+}
+
+/// Opens the store, loads it and enrolls the config's people.
+pub fn load_gallery(cfg: &Config) -> Result<LoadedGallery, AppError> {
+    let photos = cfg.gallery.photos(&cfg.base_dir)?;
+    let mut gallery = cfg.gallery.new_gallery();
+    let mut analyzer = Analyzer::new(cfg)?;
+    let store_path = cfg.gallery.store_path(&cfg.base_dir);
+    let store = Store::open(&store_path)?;
+    let n = store.load_into(&mut gallery, analyzer.embedder.model_id())?;
+    tracing::info!(store = %store_path.display(), samples = n, persons = gallery.len(), "gallery store loaded");
+    let n = enroll_photos(&mut analyzer, &photos, &mut gallery)?;
+    tracing::info!(persons = gallery.len(), photos = n, "gallery ready");
+    Ok(LoadedGallery { gallery, store, analyzer })
+}
+
+/// A running application.
+pub struct App {
+    pub running: Running,
+    pub server: Option<Server>,
+    pub gallery: SharedGallery,
+    pub state: AppState,
+    housekeeping_stop: Arc<AtomicBool>,
+    housekeeping: Option<JoinHandle<()>>,
+}
+
+impl App {
+    /// Starts everything on a gallery from [`load_gallery`] (with the gallery API when HTTP is
+    /// on); the config must have been validated for running.
+    pub fn start(cfg: &Config, loaded: LoadedGallery, opts: AppOptions) -> Result<App, AppError> {
+        let LoadedGallery { gallery, store, analyzer } = loaded;
+        Self::start_on(cfg, Arc::new(RwLock::new(gallery)), Some((store, analyzer)), opts)
+    }
+
+    /// Starts on a shared gallery; `api` (the store and an analyzer) serves the gallery API.
+    pub fn start_on(cfg: &Config, gallery: SharedGallery, api: Option<(Store, Analyzer)>, opts: AppOptions) -> Result<App, AppError> {
+        let state = AppState::new(gallery.clone(), cfg.http.sse_buffer);
+        let server = if opts.http && cfg.http.enabled {
+            // The API shares the gallery with the cameras: an enrollment is searchable at once.
+            let api = api.map(|(store, analyzer)| {
+                let persons = gallery.read().map(|g| g.len()).unwrap_or(0);
+                let point = OperatingPoint::for_embedder(&cfg.identify, cfg.embed.threshold, &analyzer.embedder, persons);
+                http::api::router(
+                http::api::ApiState {
+                    gallery: gallery.clone(),
+                    store: Arc::new(Mutex::new(store)),
+                    analyzer: Arc::new(Mutex::new(analyzer)),
+                    token: cfg.http.token.clone(),
+                    threshold: point.threshold,
+                    margin: point.margin,
+                },
+                cfg.http.max_upload_mb << 20,
+            )
+            });
+            Some(http::serve(&cfg.http, state.clone(), api)?)
+        } else {
+            None
+        };
+        let mut sinks: Vec<Box<dyn EventSink>> = vec![Box::new(state.event_sink())];
+        sinks.extend(opts.extra_sinks);
+        let running = topology::start_with(cfg, gallery.clone(), sinks, opts.apps)?;
+        if let Ok(mut c) = state.cameras.lock() {
+            *c = running.cameras.clone();
+        }
+        state.models_loaded.store(true, Ordering::SeqCst);
+        let housekeeping_stop = Arc::new(AtomicBool::new(false));
+        let housekeeping = {
+            let (g, stop) = (gallery.clone(), housekeeping_stop.clone());
+            std::thread::Builder::new().name("housekeeping".into()).spawn(move || housekeeping_loop(&g, &stop)).map_err(AppError::Thread)?
+        };
+        Ok(App { running, server, gallery, state, housekeeping_stop, housekeeping: Some(housekeeping) })
+    }
+
+    /// Runs until every camera has ended, `limit` has passed or `signalled` is set; then drains
+    /// the pipeline (at most `drain`). False when the pipeline did not drain in time.
+    pub fn run_until(&self, limit: Option<Duration>, signalled: &AtomicBool, drain: Duration) -> bool {
+        let started = Instant::now();
+        loop {
+            if self.running.is_finished() {
+                return true;
+            }
+            if signalled.load(Ordering::SeqCst) || limit.is_some_and(|l| started.elapsed() >= l) {
+                tracing::info!("stopping: draining the pipeline");
+                self.running.stop();
+                let deadline = Instant::now() + drain;
+                while !self.running.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                return self.running.is_finished();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Cameras that ended failed, with their last error.
+    pub fn failed_cameras(&self) -> Vec<String> {
+        self.running
+            .camera_statuses()
+            .into_iter()
+            .filter(|c| c.state == CameraState::Failed)
+            .map(|c| format!("{} ({})", c.id, c.last_error.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Waits for the pipeline, then stops housekeeping and the HTTP server.
+    pub fn finish(mut self) {
+        self.running.join();
+        self.housekeeping_stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.housekeeping.take() {
+            let _ = h.join();
+        }
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+        }
+    }
+}
+
+/// Swaps in finished background index rebuilds and keeps the gallery gauge current.
+fn housekeeping_loop(gallery: &SharedGallery, stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        if gallery.read().is_ok_and(|g| g.rebuild_ready())
+            && let Ok(mut g) = gallery.write() {
+                g.maintain();
+            }
+        if let Ok(g) = gallery.read() {
+            metrics().gallery_size.set(g.len() as i64);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,116 @@
+//! Benchmark commands: `bench` (the end-to-end harness) and `bench-gallery` (gallery search).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use facestream::config::Config;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum BenchMode {
+    Capacity,
+    Throughput,
+}
+
+/// End-to-end harness: N cameras from a clip through the real pipeline; prints a table and
+/// optionally writes JSON. Capacity mode paces in real time; throughput mode runs flat out.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// capacity (real time, looped, --fps per camera) or throughput (as fast as possible).
+    #[arg(long, value_enum, default_value = "capacity")]
+    pub mode: BenchMode,
+    /// Camera counts to run, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    pub cameras: Vec<usize>,
+    /// Clip each camera plays.
+    #[arg(long, default_value = "tests/fixtures/video_01.mp4")]
+    pub clip: PathBuf,
+    /// Capacity mode: measured seconds per camera count.
+    #[arg(long, default_value_t = 20.0)]
+    pub duration: f64,
+    /// Capacity mode: seconds before measuring.
+    #[arg(long, default_value_t = 3.0)]
+    pub warmup: f64,
+    /// Capacity mode: frames per second each camera delivers.
+    #[arg(long, default_value_t = 10.0)]
+    pub fps: f32,
+    /// Throughput mode: times each camera plays the clip.
+    #[arg(long, default_value_t = 3)]
+    pub loops: u32,
+    /// Capacity mode: spread the camera starts evenly over this many seconds (the default
+    /// clip's length), so looped clips do not all restart at once; 0 = start together.
+    #[arg(long, default_value_t = 3.0)]
+    pub stagger: f64,
+    /// Also write the reports as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Gallery search benchmark on synthetic clustered embeddings: exact scan vs the HNSW graph vs
+/// the sketch scan, each through `Gallery::search`.
+#[derive(Args)]
+pub struct BenchGalleryArgs {
+    /// Identities per run, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    pub sizes: Vec<usize>,
+    /// Noisy samples per identity.
+    #[arg(long, default_value_t = 3)]
+    pub samples: usize,
+    /// ef values to try (HNSW search breadth; shortlist length of the sketch scan).
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128")]
+    pub ef: Vec<usize>,
+    /// Indexes to measure besides the exact scan: hnsw, sketch.
+    #[arg(long, value_delimiter = ',', default_value = "hnsw,sketch", value_parser = ["hnsw", "sketch"])]
+    pub methods: Vec<String>,
+    /// Queries per measurement.
+    #[arg(long, default_value_t = 1000)]
+    pub queries: usize,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+pub fn cmd_bench_gallery(a: BenchGalleryArgs) -> Result<ExitCode> {
+    let BenchGalleryArgs { sizes, samples, ef, methods, queries, json } = a;
+    let methods: Vec<&str> = methods.iter().map(String::as_str).collect();
+    let reports = facestream::gallery::bench::run(&sizes, samples, &ef, &methods, queries, 42, |line| eprintln!("{line}"));
+    print!("{}", facestream::gallery::bench::table(&reports));
+    if let Some(p) = json {
+        std::fs::write(&p, serde_json::to_string_pretty(&reports)?).with_context(|| format!("{}: cannot write", p.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn cmd_bench(cfg: &Config, a: BenchArgs) -> Result<ExitCode> {
+    let BenchArgs { mode, cameras, clip, duration, warmup, fps, loops, stagger, json } = a;
+    let opts = facestream::bench::BenchOptions {
+        mode: match mode {
+            BenchMode::Capacity => facestream::bench::Mode::Capacity,
+            BenchMode::Throughput => facestream::bench::Mode::Throughput,
+        },
+        cameras,
+        clip,
+        duration,
+        warmup,
+        fps,
+        loops,
+        stagger,
+    };
+    eprintln!("benchmark: {:?} mode, cameras {:?}, clip {}", opts.mode, opts.cameras, opts.clip.display());
+    let reports = facestream::bench::run(cfg, &opts, |r| {
+        eprintln!("  {} camera(s): {:.1} frames/s, {:.2}% dropped, p99 capture-to-event {:.0} ms", r.cameras, r.frames_per_s, r.drop_pct, r.capture_to_event.p99_ms)
+    })?;
+    print!("{}", facestream::bench::table(&reports));
+    if let Some(p) = json {
+        std::fs::write(&p, serde_json::to_string_pretty(&reports)?).with_context(|| format!("{}: cannot write", p.display()))?;
+    }
+    if opts.mode == facestream::bench::Mode::Capacity {
+        let best = reports.iter().filter(|r| r.holds).map(|r| r.cameras).max();
+        match best {
+            Some(n) => println!("capacity: {n} camera(s) at {} fps hold (<1% drops, p99 capture-to-event < 250 ms)", opts.fps),
+            None => println!("capacity: no tested camera count holds at {} fps", opts.fps),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,82 @@
+//! What the identify stage publishes on the decisions bus: a track's start, each identity
+//! decision (with the embeddings and the best face crop it rests on), the track's end, and camera
+//! state changes. Applications (event sinks today; gates, visits, clustering, harvest next)
+//! subscribe to these and never reach into a stage.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::detect::BBox;
+use crate::embed::Embedding;
+use crate::ingest::CameraState;
+
+/// One message on the decisions bus (cheap to clone: the big parts are shared).
+#[derive(Clone, Debug)]
+pub enum TrackUpdate {
+    Started(Arc<TrackStart>),
+    Decided(Arc<TrackDecision>),
+    Ended(Arc<TrackEnd>),
+    Camera { camera: Arc<str>, state: CameraState, error: Option<String> },
+}
+
+#[derive(Clone, Debug)]
+pub struct TrackStart {
+    pub camera: Arc<str>,
+    pub track: u64,
+    pub bbox: BBox,
+    pub score: f32,
+    pub at: SystemTime,
+}
+
+/// A face crop as the embedder saw it (aligned, `CROP_SIDE` square, packed RGB).
+#[derive(Clone, Debug)]
+pub struct FaceCrop {
+    pub rgb: Vec<u8>,
+    pub side: u32,
+    pub quality: f32,
+}
+
+/// The track's identity was decided (a person, or unknown).
+#[derive(Clone, Debug)]
+pub struct TrackDecision {
+    pub camera: Arc<str>,
+    pub track: u64,
+    /// None: unknown.
+    pub person: Option<(u64, String)>,
+    /// Distance of the deciding match (for unknown: of the nearest person).
+    pub distance: f32,
+    pub threshold: f32,
+    pub votes: u32,
+    pub bbox: BBox,
+    pub at: SystemTime,
+    /// Seconds from the capture of the deciding frame to the decision.
+    pub latency_s: f64,
+    /// Every embedding of the track so far, oldest first.
+    pub embeddings: Vec<Embedding>,
+    /// The best-quality crop of the track so far.
+    pub best_crop: Option<Arc<FaceCrop>>,
+}
+
+/// The track ended; `person` is its final identity.
+#[derive(Clone, Debug)]
+pub struct TrackEnd {
+    pub camera: Arc<str>,
+    pub track: u64,
+    pub person: Option<(u64, String)>,
+    pub first_seen: SystemTime,
+    pub last_seen: SystemTime,
+    pub frames: u64,
+    pub embeddings: u32,
+    pub best_distance: Option<f32>,
+}
+
+impl TrackUpdate {
+    pub fn camera(&self) -> &str {
+        match self {
+            TrackUpdate::Started(s) => &s.camera,
+            TrackUpdate::Decided(d) => &d.camera,
+            TrackUpdate::Ended(e) => &e.camera,
+            TrackUpdate::Camera { camera, .. } => camera,
+        }
+    }
+}
