@@ -108,23 +108,9 @@ enum Command {
         duration: f64,
     },
     Bench(cli::bench::BenchArgs),
-    /// Enroll persons into the gallery store: `--name NAME IMAGE...` or `--dir DIR` (one sub-folder
-    /// per person). A photo with no face, or several faces and no --box, is refused.
-    Enroll {
-        /// The person the images show.
-        #[arg(long, required_unless_present = "dir", conflicts_with = "dir")]
-        name: Option<String>,
-        images: Vec<PathBuf>,
-        /// A folder with one sub-folder per person, named after the person.
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Which face to take from a photo with several: x1,y1,x2,y2 in pixels.
-        #[arg(long, value_name = "X1,Y1,X2,Y2")]
-        r#box: Option<String>,
-        /// Gallery store (default: gallery.store of the config, else ~/.local/share/facestream/gallery.db).
-        #[arg(long)]
-        store: Option<PathBuf>,
-    },
+    /// Enroll persons into the gallery store: `--name NAME IMAGE...`, `--dir DIR` (one sub-folder per
+    /// person) or `--video CLIP --name NAME`; faces that would poison the gallery are refused.
+    Enroll(cli::gallery::EnrollArgs),
     /// Inspect and edit the gallery store.
     Gallery {
         #[command(subcommand)]
@@ -211,7 +197,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Calibrate { identities, target_far, out, open } => cli::eval::cmd_calibrate(&cfg, &identities, &open, &target_far, out.as_deref()),
         Command::Demo { fixtures } => cli::photos::cmd_demo(&cfg, &fixtures),
-        Command::Enroll { name, images, dir, r#box, store } => cli::gallery::cmd_enroll(&cfg, name, images, dir, r#box, store),
+        Command::Enroll(a) => cli::gallery::cmd_enroll(&cfg, a),
         Command::Gallery { action, store } => cli::gallery::cmd_gallery(&cfg, action, store),
         Command::Identify { image, draw, store } => cli::photos::cmd_identify(&cfg, &image, draw.as_deref(), store),
         Command::BenchGallery(a) => cli::bench::cmd_bench_gallery(a),

@@ -86,6 +86,10 @@ pub struct OpenSetArgs {
     /// Photos enrolled per gallery person (the others are probes).
     #[arg(long, default_value_t = 1)]
     pub enroll: usize,
+    /// Only people with at least this many photos are drawn as gallery people with probes
+    /// (default: --enroll + 1), so runs with different --enroll can compare the same people.
+    #[arg(long)]
+    pub min_photos: Option<usize>,
     /// Most stranger photos searched per draw.
     #[arg(long, default_value_t = 3000)]
     pub max_strangers: usize,
@@ -100,6 +104,12 @@ pub struct OpenSetArgs {
     pub workers: usize,
 }
 
+impl OpenSetArgs {
+    fn draws(&self, size: usize, seed: u64) -> eval::open_set::Draws {
+        eval::open_set::Draws { size, enroll: self.enroll, min_photos: self.min_photos.unwrap_or(self.enroll + 1), max_strangers: self.max_strangers, trials: self.trials, seed }
+    }
+}
+
 /// The photos of a set, embedded (cached), as (identity index, embedding), with identity names.
 struct Embedded {
     names: Vec<String>,
@@ -107,22 +117,30 @@ struct Embedded {
     failed: usize,
 }
 
-fn default_cache(identities: &Path) -> PathBuf {
+fn default_cache(identities: &Path, flip: bool) -> PathBuf {
     let base = std::env::var_os("FACESTREAM_CACHE").map(PathBuf::from).unwrap_or_else(|| {
         std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".cache/facestream")
     });
     let abs = std::fs::canonicalize(identities).unwrap_or_else(|_| identities.to_path_buf());
     let h = abs.to_string_lossy().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-    base.join("embeddings").join(format!("{h:016x}.bin"))
+    base.join("embeddings").join(format!("{h:016x}{}.bin", if flip { "-flip" } else { "" }))
 }
 
 fn embed_labelled(cfg: &Config, identities: &Path, a: &OpenSetArgs) -> Result<Embedded> {
     let list = facestream::dataset::read(identities)?;
     let pick = if a.pick == "confident" { eval::embedded::Pick::Confident } else { eval::embedded::Pick::Centre };
-    let cache = a.cache.clone().unwrap_or_else(|| default_cache(identities));
+    let cache = a.cache.clone().unwrap_or_else(|| default_cache(identities, cfg.embed.flip));
     let bar = indicatif::ProgressBar::new(list.len() as u64);
     bar.set_style(indicatif::ProgressStyle::with_template("embedding photos {bar:40} {pos}/{len} ({per_sec}, {eta} left)").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
-    let embs = eval::embedded::embed_set(cfg, &list, pick, a.workers, Some(&cache), &|done, _| bar.set_position(done as u64))?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = |done: usize, total: usize| {
+        bar.set_position(done as u64);
+        // Without a terminal the bar is hidden: a line every 1000 photos instead.
+        if !tty && (done.is_multiple_of(1000) || done == total) {
+            eprintln!("embedding photos: {done}/{total}");
+        }
+    };
+    let embs = eval::embedded::embed_set(cfg, &list, pick, a.workers, Some(&cache), &progress)?;
     bar.finish_and_clear();
     let mut names: Vec<String> = Vec::new();
     let mut index: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
@@ -178,7 +196,7 @@ pub fn cmd_open_set(cfg: &Config, identities: &Path, a: &OpenSetArgs, split: &st
     let mut reports = Vec::new();
     let mut series = Vec::new();
     for &size in &a.gallery_sizes {
-        let (g, probes) = pooled(&samples, &people, size, a.enroll, a.max_strangers, a.trials, a.seed);
+        let (g, probes) = pooled(&samples, &people, a.draws(size, a.seed));
         for &rule in &rules {
             // The threshold in use applies to distance rules only (other scores have other scales).
             let in_use = matches!(rule, eval::open_set::Rule::Distance | eval::open_set::Rule::Margin(_)).then(|| {
@@ -214,7 +232,9 @@ pub fn cmd_calibrate(cfg: &Config, identities: &Path, a: &OpenSetArgs, targets: 
     let model = analyzer.embedder.model_id().to_string();
     let path = out.map(Path::to_path_buf).unwrap_or_else(|| path_for_card(&analyzer.embedder.models_dir, facestream::embed::CARD));
     let rule = Rule::Margin(cfg.identify.margin);
-    let source = format!("{} ({} people: {} calibrate, {} verify; split seed {}; {} draws per size)", identities.display(), e.names.len(), cal_people.len(), rep_people.len(), a.seed, a.trials);
+    // The set by its folder and file name only (no machine paths in a file that may be committed).
+    let set_name = identities.components().rev().take(2).collect::<Vec<_>>().into_iter().rev().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect::<Vec<_>>().join("/");
+    let source = format!("{set_name} ({} people: {} calibrate, {} verify; split seed {}; {} draws per size)", e.names.len(), cal_people.len(), rep_people.len(), a.seed, a.trials);
     let mut c = match Calibration::load(&path, &model) {
         Ok(Some(c)) if c.rule == rule.name() => c,
         _ => Calibration { model: model.clone(), rule: rule.name(), source: source.clone(), entries: Vec::new() },
@@ -222,8 +242,8 @@ pub fn cmd_calibrate(cfg: &Config, identities: &Path, a: &OpenSetArgs, targets: 
     c.source = source;
     println!("{:>8} {:>9} {:>10}   {:>22}   {:>22}", "gallery", "target", "threshold", "calibration DIR / FAR", "report DIR / FAR");
     for &size in &a.gallery_sizes {
-        let (g, cal) = pooled(&samples, &cal_people, size, a.enroll, a.max_strangers, a.trials, a.seed);
-        let (_, rep) = pooled(&samples, &rep_people, size, a.enroll, a.max_strangers, a.trials, a.seed ^ 0x5EED);
+        let (g, cal) = pooled(&samples, &cal_people, a.draws(size, a.seed));
+        let (_, rep) = pooled(&samples, &rep_people, a.draws(size, a.seed ^ 0x5EED));
         for &target in targets {
             let t = threshold_at_far(&cal, rule, target);
             let (pc, pr) = (at(&cal, rule, t), at(&rep, rule, t));

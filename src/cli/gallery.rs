@@ -8,46 +8,96 @@ use serde_json::json;
 
 use super::open_store;
 use facestream::config::Config;
-use facestream::photo::Analyzer;
+use facestream::identify::OperatingPoint;
+use facestream::photo::{Analyzer, EnrollError, Enrollable};
 
-pub fn cmd_enroll(cfg: &Config, name: Option<String>, images: Vec<PathBuf>, dir: Option<PathBuf>, bbox: Option<String>, store: Option<PathBuf>) -> Result<ExitCode> {
-    let bbox = match bbox {
-        Some(text) => {
-            let v: Vec<f32> = text.split(',').map(|t| t.trim().parse::<f32>()).collect::<Result<_, _>>().with_context(|| format!("--box {text}: expected four numbers x1,y1,x2,y2"))?;
-            if v.len() != 4 || v[2] <= v[0] || v[3] <= v[1] {
-                bail!("--box {text}: expected x1,y1,x2,y2 with x2 > x1 and y2 > y1");
-            }
-            Some(v)
-        }
-        None => None,
-    };
-    let mut list: Vec<(String, PathBuf)> = Vec::new();
-    if let Some(dir) = dir {
-        list = facestream::dataset::read_folder(&dir)?.into_iter().map(|l| (l.identity, l.path)).collect();
-        if list.is_empty() {
-            bail!("{}: no photos found (expected one sub-folder per person)", dir.display());
-        }
-    } else if let Some(name) = name {
-        if images.is_empty() {
-            bail!("give at least one image for {name}");
-        }
-        list = images.into_iter().map(|p| (name.clone(), p)).collect();
+/// Enroll persons into the gallery store: `--name NAME IMAGE...`, `--dir DIR` (one sub-folder per
+/// person) or `--video CLIP --name NAME`. Faces that would poison the gallery are refused: none,
+/// several with none clearly dominant (without --box), too small, blurred, turned away.
+#[derive(clap::Args)]
+pub struct EnrollArgs {
+    /// The person the images (or the clip) show.
+    #[arg(long, required_unless_present = "dir", conflicts_with = "dir")]
+    pub name: Option<String>,
+    pub images: Vec<PathBuf>,
+    /// A folder with one sub-folder per person, named after the person.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// A video clip of the person: a few distinct, best-quality frames of its main face are enrolled.
+    #[arg(long, requires = "name", conflicts_with = "dir")]
+    pub video: Option<PathBuf>,
+    /// Frames enrolled from --video.
+    #[arg(long, default_value_t = 3)]
+    pub frames: usize,
+    /// Which face to take from a photo with several: x1,y1,x2,y2 in pixels.
+    #[arg(long, value_name = "X1,Y1,X2,Y2")]
+    pub r#box: Option<String>,
+    /// Gallery store (default: gallery.store of the config, else ~/.local/share/facestream/gallery.db).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+}
+
+fn parse_box(text: &str) -> Result<facestream::detect::BBox> {
+    let v: Vec<f32> = text.split(',').map(|t| t.trim().parse::<f32>()).collect::<Result<_, _>>().with_context(|| format!("--box {text}: expected four numbers x1,y1,x2,y2"))?;
+    if v.len() != 4 || v[2] <= v[0] || v[3] <= v[1] {
+        bail!("--box {text}: expected x1,y1,x2,y2 with x2 > x1 and y2 > y1");
     }
-    let bbox = bbox.map(|b| facestream::detect::BBox { x1: b[0], y1: b[1], x2: b[2], y2: b[3] });
-    let mut store = open_store(cfg, store)?;
+    Ok(facestream::detect::BBox { x1: v[0], y1: v[1], x2: v[2], y2: v[3] })
+}
+
+/// What is enrolled: (person, where the face comes from, the face).
+type Source = (String, String, Result<Enrollable, EnrollError>);
+
+pub fn cmd_enroll(cfg: &Config, a: EnrollArgs) -> Result<ExitCode> {
+    let bbox = a.r#box.as_deref().map(parse_box).transpose()?;
+    let mut store = open_store(cfg, a.store.clone())?;
     let mut analyzer = Analyzer::new(cfg)?;
     let model = analyzer.embedder.model_id().to_string();
+    // The gallery as it is, to warn when a new person looks like someone already enrolled.
+    let mut gallery = cfg.gallery.new_gallery();
+    store.load_into(&mut gallery, &model)?;
+    let point = OperatingPoint::for_embedder(&cfg.identify, cfg.embed.threshold, &analyzer.embedder, gallery.len().max(1));
+    let sources: Vec<Source> = if let Some(video) = &a.video {
+        let name = a.name.clone().unwrap_or_default();
+        let frames = facestream::ingest::clip_frames(video, 5, 600)?;
+        let picks = facestream::photo::video_enrollables(&mut analyzer, &frames, video, a.frames.max(1), point.threshold);
+        if picks.is_empty() {
+            bail!("{}: no frame of {} frames has an enrollable face (too small, blurred or turned away in all)", video.display(), frames.len());
+        }
+        eprintln!("{}: {} distinct frame(s) of the main face picked from {} frames", video.display(), picks.len(), frames.len());
+        picks.into_iter().map(|(i, e)| (name.clone(), format!("{} frame {i}", video.display()), Ok(e))).collect()
+    } else {
+        let list: Vec<(String, PathBuf)> = if let Some(dir) = &a.dir {
+            facestream::dataset::read_folder(dir)?.into_iter().map(|l| (l.identity, l.path)).collect()
+        } else {
+            let name = a.name.clone().unwrap_or_default();
+            a.images.iter().map(|p| (name.clone(), p.clone())).collect()
+        };
+        if list.is_empty() {
+            bail!("nothing to enroll: give images with --name, a --dir with one sub-folder per person, or --video");
+        }
+        list.into_iter().map(|(person, path)| {
+            let e = facestream::photo::enrollable(&mut analyzer, &path, bbox);
+            (person, path.display().to_string(), e)
+        }).collect()
+    };
     let (mut ok, mut failed) = (0usize, 0usize);
-    let total = list.len();
+    let total = sources.len();
     let started = std::time::Instant::now();
-    for (i, (person, path)) in list.iter().enumerate() {
-        match facestream::photo::enrollable(&mut analyzer, path, bbox).and_then(|e| {
-            store.add_sample(person, &e.embedding, &model, e.quality, &e.image_sha256)?;
-            Ok(e)
-        }) {
-            Ok(_) => {
+    for (i, (person, from, e)) in sources.into_iter().enumerate() {
+        let result = e.map_err(anyhow::Error::from).and_then(|e| {
+            if gallery.person_id(&person).is_none()
+                && let Some(m) = gallery.search(&e.embedding, 1).first().filter(|m| m.distance <= point.threshold) {
+                    eprintln!("warning: {person} lies within the threshold of {} (distance {:.3} <= {:.3}): the same person twice, or a look-alike", m.name, m.distance, point.threshold);
+                }
+            let id = store.add_sample(&person, &e.embedding, &model, e.quality, &e.image_sha256)?;
+            gallery.add_with_id(id, &person, e.embedding)?;
+            Ok(())
+        });
+        match result {
+            Ok(()) => {
                 ok += 1;
-                eprintln!("[{:>4}/{total}] {person}: {} enrolled", i + 1, path.display());
+                eprintln!("[{:>4}/{total}] {person}: {from} enrolled", i + 1);
             }
             Err(e) => {
                 failed += 1;

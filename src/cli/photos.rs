@@ -112,16 +112,21 @@ pub fn cmd_identify(cfg: &Config, path: &Path, draw_to: Option<&Path>, store: Op
     let mut labels = Vec::new();
     let mut out = Vec::new();
     for (f, e) in &faces {
-        let (person, distance) = match e {
-            Some(e) => point.decide(&gallery.search(e, 2)),
-            None => (None, None),
-        };
+        let matches = e.as_ref().map(|e| gallery.search(e, 2)).unwrap_or_default();
+        let (person, distance) = point.decide(&matches);
         let name = person.as_ref().map(|p| p.1.clone()).unwrap_or_else(|| "unknown".into());
         labels.push(name.clone());
         let mut v = face_json(f);
         v["person"] = json!(name);
-        v["person_id"] = json!(person.map(|p| p.0));
+        v["person_id"] = json!(person.as_ref().map(|p| p.0));
         v["distance"] = json!(distance);
+        if person.is_none() {
+            // The nearest person, for tuning: not a name given to this face.
+            if let Some(m) = matches.first() {
+                v["nearest_person"] = json!(m.name);
+                v["nearest_distance"] = json!(m.distance);
+            }
+        }
         out.push(v);
     }
     println!("{}", json!({"file": path, "threshold": threshold, "faces": out}));

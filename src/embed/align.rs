@@ -27,6 +27,18 @@ pub struct CropBox {
 }
 
 /// The face-api crop square for five landmarks (eyes, nose, mouth corners).
+/// The crop mirrored left to right (test-time augmentation: a face and its mirror image).
+pub fn mirrored(crop: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; crop.len()];
+    for y in 0..CROP_SIDE {
+        for x in 0..CROP_SIDE {
+            let (src, dst) = ((y * CROP_SIDE + x) * 3, (y * CROP_SIDE + CROP_SIDE - 1 - x) * 3);
+            out[dst..dst + 3].copy_from_slice(&crop[src..src + 3]);
+        }
+    }
+    out
+}
+
 pub fn crop_box(landmarks: &[[f32; 2]; 5], rotate: bool) -> Option<CropBox> {
     let (le, re) = (landmarks[0], landmarks[1]);
     let mouth = [(landmarks[3][0] + landmarks[4][0]) * 0.5, (landmarks[3][1] + landmarks[4][1]) * 0.5];

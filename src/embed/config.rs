@@ -4,15 +4,23 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-#[derive(Default)]
 pub struct EmbedConfig {
     /// Euclidean distance between L2-normalised embeddings at or below which two faces are the same
     /// person. `None` takes the calibrated value from the embedder's model card.
     pub threshold: Option<f32>,
     /// Rotate the crop so the eyes are level before embedding (off: face-api's own rule).
     pub rotate: bool,
+    /// Also embed each face's mirror image and average the two (test-time augmentation), for
+    /// photos and tracks alike: fewer strangers named at equal recall (BENCHMARKS.md), twice the
+    /// embedding cost.
+    pub flip: bool,
 }
 
+impl Default for EmbedConfig {
+    fn default() -> Self {
+        Self { threshold: None, rotate: false, flip: true }
+    }
+}
 
 impl EmbedConfig {
     /// Every problem as (key, message).

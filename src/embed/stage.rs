@@ -59,8 +59,9 @@ pub fn batch_stage(cfg: BatchConfig, rx: Receiver<EmbedRequest>, tx: Tx<Vec<Embe
     }
 }
 
-/// One embedding worker (one ONNX session).
-pub fn embed_worker(emb: &mut Embedder, rx: Receiver<Vec<EmbedRequest>>, mut out: impl Outlet<Embedded>) {
+/// One embedding worker (one ONNX session); `flip` adds each crop's mirror image (see
+/// [`Embedder::embed_crops_flip`]).
+pub fn embed_worker(emb: &mut Embedder, flip: bool, rx: Receiver<Vec<EmbedRequest>>, mut out: impl Outlet<Embedded>) {
     let m = metrics();
     let mut buf: Vec<u8> = Vec::new();
     for batch in rx {
@@ -71,7 +72,7 @@ pub fn embed_worker(emb: &mut Embedder, rx: Receiver<Vec<EmbedRequest>>, mut out
         }
         let started = Instant::now();
         let cpu = crate::telemetry::thread_cpu_seconds();
-        let result = emb.embed_crops(&buf);
+        let result = emb.embed_crops_flip(&buf, flip);
         m.stage_seconds.with_label_values(&["embed"]).observe(started.elapsed().as_secs_f64());
         m.stage_cpu_seconds.with_label_values(&["embed"]).inc_by((crate::telemetry::thread_cpu_seconds() - cpu).max(0.0));
         let embeddings: Vec<Result<Embedding, Arc<EmbedError>>> = match result {

@@ -116,13 +116,12 @@ fn write_cache(path: &Path, model: &str, list: &[Labelled], embs: &[Option<Embed
 /// computed and written there. `progress(done, total)` is called as photos finish.
 pub fn embed_set(cfg: &Config, list: &[Labelled], pick: Pick, workers: usize, cache: Option<&Path>, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Option<Embedding>>, EmbedSetError> {
     let mut analyzers = (0..workers.max(1)).map(|_| Analyzer::new(cfg)).collect::<Result<Vec<_>, _>>()?;
-    let model = analyzers[0].embedder.model_id().to_string();
-    if let Some(c) = cache {
-        if let Some(v) = read_cache(c, &model, list) {
+    let model = format!("{}{}", analyzers[0].embedder.model_id(), if analyzers[0].flip { "+flip" } else { "" });
+    if let Some(c) = cache
+        && let Some(v) = read_cache(c, &model, list) {
             tracing::info!(cache = %c.display(), photos = list.len(), "embeddings read from the cache");
             return Ok(v);
         }
-    }
     let out: Mutex<Vec<Option<Embedding>>> = Mutex::new(vec![None; list.len()]);
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);

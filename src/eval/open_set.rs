@@ -127,13 +127,14 @@ fn dist(a: &[f32], b: &[f32]) -> f32 {
 /// that they have probes; then one-photo people as distractors), enrolls the first `enroll`
 /// photos of each, and searches every other photo of them plus up to `max_strangers` photos of
 /// the people not drawn. `samples[i]` = (identity index, embedding).
-pub fn trial(samples: &[(u32, &[f32])], people: &[u32], size: usize, enroll: usize, max_strangers: usize, seed: u64) -> Trial {
+pub fn trial(samples: &[(u32, &[f32])], people: &[u32], size: usize, enroll: usize, min_photos: usize, max_strangers: usize, seed: u64) -> Trial {
     let mut by_person: HashMap<u32, Vec<usize>> = HashMap::new();
     for (i, (id, _)) in samples.iter().enumerate() {
         by_person.entry(*id).or_default().push(i);
     }
     let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
-    let (mut multi, mut single): (Vec<u32>, Vec<u32>) = people.iter().copied().filter(|p| by_person.contains_key(p)).partition(|p| by_person[p].len() > enroll);
+    let min_photos = min_photos.max(enroll + 1);
+    let (mut multi, mut single): (Vec<u32>, Vec<u32>) = people.iter().copied().filter(|p| by_person.contains_key(p)).partition(|p| by_person[p].len() >= min_photos);
     multi.sort_unstable();
     single.sort_unstable();
     rng.shuffle(&mut multi);
@@ -286,12 +287,24 @@ pub fn report(probes: &[Probe], rule: Rule, gallery: usize, trials: usize, thres
     }
 }
 
-/// Runs `trials` draws of a gallery of `size` among `people` and pools their probes.
-pub fn pooled(samples: &[(u32, &[f32])], people: &[u32], size: usize, enroll: usize, max_strangers: usize, trials: usize, seed: u64) -> (usize, Vec<Probe>) {
+/// How galleries are drawn: `trials` draws of `size` people, `enroll` photos each, people with
+/// probes chosen among those with `min_photos` photos or more, up to `max_strangers` strangers.
+#[derive(Clone, Copy, Debug)]
+pub struct Draws {
+    pub size: usize,
+    pub enroll: usize,
+    pub min_photos: usize,
+    pub max_strangers: usize,
+    pub trials: usize,
+    pub seed: u64,
+}
+
+/// Runs the draws among `people` and pools their probes; returns the gallery size reached.
+pub fn pooled(samples: &[(u32, &[f32])], people: &[u32], d: Draws) -> (usize, Vec<Probe>) {
     let mut all = Vec::new();
     let mut g = 0;
-    for k in 0..trials {
-        let t = trial(samples, people, size, enroll, max_strangers, seed.wrapping_add(k as u64 * 7919));
+    for k in 0..d.trials {
+        let t = trial(samples, people, d.size, d.enroll, d.min_photos, d.max_strangers, d.seed.wrapping_add(k as u64 * 7919));
         g = t.gallery;
         all.extend(t.probes);
     }
@@ -321,7 +334,7 @@ mod tests {
         owned.push((5, unit(0.02)));
         let samples: Vec<(u32, &[f32])> = owned.iter().map(|(i, v)| (*i, v.as_slice())).collect();
         let people: Vec<u32> = (0..6).collect();
-        let t = trial(&samples, &people, 5, 1, 100, 1);
+        let t = trial(&samples, &people, 5, 1, 2, 100, 1);
         assert_eq!(t.gallery, 5, "the stranger (one photo) is never drawn while people with probes remain");
         assert_eq!(t.probes.iter().filter(|p| p.truth.is_some()).count(), 5);
         assert_eq!(t.probes.iter().filter(|p| p.truth.is_none()).count(), 1);

@@ -34,6 +34,8 @@ pub fn to_event(update: &TrackUpdate, camera_states: bool) -> Option<Event> {
                 votes: d.votes,
                 bbox: bbox_arr(&d.bbox),
                 latency_s: d.latency_s,
+                nearest_person: d.nearest.as_ref().map(|n| n.1.clone()),
+                nearest_distance: d.nearest.as_ref().map(|_| d.distance),
             },
         ),
         TrackUpdate::Ended(e) => Event::new(

@@ -36,6 +36,12 @@ pub enum EventBody {
         bbox: [f32; 4],
         /// Seconds from the capture of the deciding frame to this event.
         latency_s: f64,
+        /// For `unknown`: the nearest enrolled person and their distance, for tuning (the face
+        /// was NOT given that name).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        nearest_person: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        nearest_distance: Option<f32>,
     },
     /// The track ended (left the picture or the stream ended).
     TrackEnded {

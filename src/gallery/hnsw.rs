@@ -663,7 +663,9 @@ pub(crate) mod tests {
     #[test]
     fn finds_the_exact_nearest_neighbour_and_each_node_itself() {
         let data = random_unit(3000, 7);
-        let h = Hnsw::build(&data, Params::default(), 2, &|_| {});
+        // One build thread: the graph (and so its recall) is the same on every run; the parallel
+        // build, whose insert order varies, is exercised by the gallery tests.
+        let h = Hnsw::build(&data, Params::default(), 1, &|_| {});
         assert_eq!(h.len(), 3000);
         for i in (0..3000).step_by(97) {
             let r = h.search(h.vector(i), 1, 32);
@@ -674,6 +676,7 @@ pub(crate) mod tests {
         // Random 128-d vectors are the hardest case (no clusters); near-duplicates are easier.
         assert!(hits >= 180, "recall@1 {hits}/200 on random vectors");
     }
+
 
     #[test]
     fn inserts_are_searchable_at_once_and_dumps_reload_only_for_their_vectors() {

@@ -188,28 +188,41 @@ async fn add_face(State(state): State<ApiState>, UrlPath(id): UrlPath<String>, r
         EnrollError::Image(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_image", e.to_string()),
         EnrollError::NoFace { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_face", "no face found in the image"),
         EnrollError::SeveralFaces { count, .. } => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "several_faces", format!("{count} faces found; send a photo with one face"))
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "several_faces", format!("{count} faces found and none clearly dominates; send a photo with one face ({e})"))
         }
+        EnrollError::TooSmall { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "face_too_small", e.to_string()),
+        EnrollError::Blurred { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "face_blurred", e.to_string()),
+        EnrollError::Profile { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "face_turned", e.to_string()),
         other => ApiError::internal(other),
     })?;
     // Store and gallery change under one lock (see delete_person), off the async workers: a
     // person deleted while the image was analysed stays deleted and the upload gets 404.
     let (st, name) = (state.clone(), person.name.clone());
-    let e = tokio::task::spawn_blocking(move || {
+    let first_face = person.samples == 0;
+    let (e, warnings) = tokio::task::spawn_blocking(move || {
         let mut store = store(&st);
+        let mut warnings = Vec::new();
+        if first_face {
+            // A new person that lies within the threshold of someone else: the same person twice,
+            // or a look-alike. Enrolled, with a warning.
+            let g = st.gallery.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(m) = g.search(&e.embedding, 2).into_iter().find(|m| m.person_id != id && m.distance <= st.threshold) {
+                warnings.push(format!("{name} lies within the threshold of {} (distance {:.3} <= {:.3}): the same person twice, or a look-alike", m.name, m.distance, st.threshold));
+            }
+        }
         store.add_sample_to(id, &e.embedding, &model, e.quality, &e.image_sha256).map_err(|err| match err {
             crate::gallery::store::StoreError::NoPerson(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no person {id} (deleted while the image was analysed)")),
             other => ApiError::internal(other),
         })?;
         st.gallery.write().unwrap_or_else(|p| p.into_inner()).add_with_id(id, &name, e.embedding.clone()).map_err(ApiError::internal)?;
-        Ok::<_, ApiError>(e)
+        Ok::<_, ApiError>((e, warnings))
     })
     .await
     .map_err(ApiError::internal)??;
     let f = &e.face;
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({"person_id": id, "bbox": [f.bbox.x1, f.bbox.y1, f.bbox.x2, f.bbox.y2], "score": f.score, "quality": e.quality})),
+        axum::Json(json!({"person_id": id, "bbox": [f.bbox.x1, f.bbox.y1, f.bbox.x2, f.bbox.y2], "score": f.score, "quality": e.quality, "warnings": warnings})),
     )
         .into_response())
 }
@@ -234,18 +247,22 @@ async fn recognize(State(state): State<ApiState>, req: Request) -> ApiResult {
     let out: Vec<_> = faces
         .iter()
         .map(|(f, e)| {
-            let (person, distance) = match e {
-                Some(e) => crate::identify::decide(&g.search(e, 2), state.threshold, state.margin),
-                None => (None, None),
-            };
-            json!({
+            let matches = e.as_ref().map(|e| g.search(e, 2)).unwrap_or_default();
+            let (person, distance) = crate::identify::decide(&matches, state.threshold, state.margin);
+            let mut v = json!({
                 "bbox": [f.bbox.x1, f.bbox.y1, f.bbox.x2, f.bbox.y2],
                 "score": f.score,
                 "landmarks": f.landmarks,
                 "person": person.as_ref().map(|p| p.1.clone()).unwrap_or_else(|| crate::events::UNKNOWN.to_string()),
-                "person_id": person.map(|p| p.0),
+                "person_id": person.as_ref().map(|p| p.0),
                 "distance": distance,
-            })
+            });
+            if let (None, Some(m)) = (&person, matches.first()) {
+                // The nearest person, for tuning: not a name given to this face.
+                v["nearest_person"] = json!(m.name);
+                v["nearest_distance"] = json!(m.distance);
+            }
+            v
         })
         .collect();
     Ok(axum::Json(json!({"width": width, "height": height, "threshold": state.threshold, "faces": out})).into_response())
@@ -259,7 +276,7 @@ const OPENAPI: &str = r##"{
     "schemas": {
       "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}, "required": ["code", "message"]}}},
       "Person": {"type": "object", "properties": {"id": {"type": "integer"}, "name": {"type": "string"}, "metadata": {"type": "object"}, "created": {"type": "integer"}, "updated": {"type": "integer"}, "samples": {"type": "integer"}}},
-      "Face": {"type": "object", "properties": {"bbox": {"type": "array", "items": {"type": "number"}}, "score": {"type": "number"}, "landmarks": {"type": "array"}, "person": {"type": "string"}, "person_id": {"type": "integer", "nullable": true}, "distance": {"type": "number", "nullable": true}}}
+      "Face": {"type": "object", "properties": {"bbox": {"type": "array", "items": {"type": "number"}}, "score": {"type": "number"}, "landmarks": {"type": "array"}, "person": {"type": "string"}, "person_id": {"type": "integer", "nullable": true}, "distance": {"type": "number", "nullable": true}, "nearest_person": {"type": "string", "description": "unknown faces only: the nearest enrolled person (NOT a name given to the face)"}, "nearest_distance": {"type": "number"}}}
     }
   },
   "paths": {

@@ -17,11 +17,17 @@ pub struct IdentifyConfig {
     pub min_votes: u32,
     /// Non-matching embeddings needed before the track is reported as `unknown`.
     pub unknown_votes: u32,
+    /// Faces of a track whose quality (size, detector score, frontal pose, sharpness; 0..1) is
+    /// below this never vote.
+    pub quality_floor: f32,
+    /// Decide on the track, not the frame: each vote compares the quality-weighted mean of the
+    /// track's embeddings so far with the gallery (off: each embedding alone).
+    pub aggregate: bool,
 }
 
 impl Default for IdentifyConfig {
     fn default() -> Self {
-        Self { threshold: None, target_far: Some(0.001), margin: 0.05, min_votes: 2, unknown_votes: 3 }
+        Self { threshold: None, target_far: Some(0.001), margin: 0.05, min_votes: 2, unknown_votes: 3, quality_floor: 0.15, aggregate: true }
     }
 }
 
@@ -40,6 +46,9 @@ impl IdentifyConfig {
         }
         if !(0.0..=2.0).contains(&self.margin) {
             p.push(("margin".into(), format!("must be between 0 and 2, got {}", self.margin)));
+        }
+        if !(0.0..=1.0).contains(&self.quality_floor) {
+            p.push(("quality_floor".into(), format!("must be in [0, 1], got {}", self.quality_floor)));
         }
         if self.min_votes == 0 || self.unknown_votes == 0 {
             p.push(("min_votes".into(), "min_votes and unknown_votes must be at least 1".into()));

@@ -45,6 +45,8 @@ pub struct TrackDecision {
     pub person: Option<(u64, String)>,
     /// Distance of the deciding match (for unknown: of the nearest person).
     pub distance: f32,
+    /// For unknown: the nearest person (not a name given to the face; for tuning).
+    pub nearest: Option<(u64, String)>,
     pub threshold: f32,
     pub votes: u32,
     pub bbox: BBox,

@@ -34,6 +34,8 @@ struct TrackState {
     ended: Option<Ended>,
     embeddings: Vec<Embedding>,
     best_crop: Option<Arc<FaceCrop>>,
+    /// Quality-weighted sum of the track's voting embeddings.
+    weighted: Vec<f32>,
 }
 
 #[derive(Clone, Copy)]
@@ -51,7 +53,7 @@ pub fn identify_stage(cfg: IdentifyConfig, point: OperatingPoint, gallery: Share
         match msg {
             IdentifyMsg::Camera(CameraNotice::State { camera, state, error }) => bus.publish(&TrackUpdate::Camera { camera, state, error }),
             IdentifyMsg::Track(TrackNote::Started { camera, track, bbox, score, at }) => {
-                let st = TrackState { vote: TrackVote::default(), received: 0, ended: None, embeddings: Vec::new(), best_crop: None };
+                let st = TrackState { vote: TrackVote::default(), received: 0, ended: None, embeddings: Vec::new(), best_crop: None, weighted: Vec::new() };
                 tracks.insert((camera.clone(), track), st);
                 bus.publish(&TrackUpdate::Started(Arc::new(TrackStart { camera, track, bbox, score, at })));
             }
@@ -100,19 +102,36 @@ fn identify_one(cfg: &IdentifyConfig, point: &OperatingPoint, gallery: &SharedGa
     let m = metrics();
     let Embedded { request: r, embedding } = e;
     let embedding = embedding.ok()?;
+    if st.best_crop.as_ref().is_none_or(|c| r.quality > c.quality) {
+        st.best_crop = Some(Arc::new(FaceCrop { rgb: r.crop.clone(), side: CROP_SIDE as u32, quality: r.quality }));
+    }
+    st.embeddings.push(embedding.clone());
+    if r.quality < cfg.quality_floor {
+        // Too small, blurred or turned away to vote; kept with the track for the applications.
+        return None;
+    }
+    // The track's quality-weighted mean embedding (or this one alone) is what is compared.
+    let query = if cfg.aggregate {
+        if st.weighted.is_empty() {
+            st.weighted = vec![0.0; embedding.len()];
+        }
+        let w = r.quality.max(1e-3);
+        for (a, b) in st.weighted.iter_mut().zip(&embedding) {
+            *a += w * b;
+        }
+        crate::embed::normalized(&st.weighted)
+    } else {
+        embedding
+    };
     let started = Instant::now();
     let matches = match gallery.read() {
-        Ok(g) => g.search(&embedding, 2),
+        Ok(g) => g.search(&query, 2),
         Err(_) => {
             tracing::error!("gallery lock poisoned; the embedding is not identified");
             return None;
         }
     };
     m.stage_seconds.with_label_values(&["identify"]).observe(started.elapsed().as_secs_f64());
-    if st.best_crop.as_ref().is_none_or(|c| r.quality > c.quality) {
-        st.best_crop = Some(Arc::new(FaceCrop { rgb: r.crop, side: CROP_SIDE as u32, quality: r.quality }));
-    }
-    st.embeddings.push(embedding);
     let d = st.vote.add(&matches, point.threshold, cfg)?;
     let latency = r.captured_instant.elapsed().as_secs_f64();
     m.capture_to_event.with_label_values(&[&r.camera]).observe(latency);
@@ -122,6 +141,7 @@ fn identify_one(cfg: &IdentifyConfig, point: &OperatingPoint, gallery: &SharedGa
         camera: r.camera,
         track: r.track,
         person: d.person,
+        nearest: d.nearest.map(|(id, name, _)| (id, name)),
         distance: d.distance,
         threshold: point.threshold,
         votes: d.votes,

@@ -13,6 +13,8 @@ use crate::gallery::Match;
 pub struct Decision {
     /// None = unknown.
     pub person: Option<(u64, String)>,
+    /// For unknown: the nearest person seen and their distance (for tuning; never a name).
+    pub nearest: Option<(u64, String, f32)>,
     pub distance: f32,
     pub votes: u32,
 }
@@ -24,6 +26,8 @@ pub struct TrackVote {
     pub decided: Option<Decision>,
     pub embeddings: u32,
     pub best_distance: Option<f32>,
+    /// The nearest person over all embeddings so far.
+    pub nearest: Option<(u64, String, f32)>,
 }
 
 impl TrackVote {
@@ -33,6 +37,9 @@ impl TrackVote {
         let best = matches.first();
         if let Some(b) = best {
             self.best_distance = Some(self.best_distance.map_or(b.distance, |d| d.min(b.distance)));
+            if self.nearest.as_ref().is_none_or(|n| b.distance < n.2) {
+                self.nearest = Some((b.person_id, b.name.clone(), b.distance));
+            }
         }
         match crate::identify::decide(matches, threshold, cfg.margin) {
             (Some((id, name)), Some(distance)) => {
@@ -48,7 +55,7 @@ impl TrackVote {
         if let Some((id, (name, votes, dist))) = ranked.first() {
             let runner_up = ranked.get(1).map(|r| r.1.1).unwrap_or(0);
             if *votes >= cfg.min_votes && *votes > runner_up {
-                let decision = Decision { person: Some((**id, name.clone())), distance: *dist, votes: *votes };
+                let decision = Decision { person: Some((**id, name.clone())), nearest: None, distance: *dist, votes: *votes };
                 let changed = self.decided.as_ref().and_then(|d| d.person.as_ref()).map(|p| p.0) != Some(**id);
                 if changed {
                     self.decided = Some(decision.clone());
@@ -58,7 +65,7 @@ impl TrackVote {
             }
         }
         if self.decided.is_none() && self.unknown >= cfg.unknown_votes {
-            let decision = Decision { person: None, distance: self.best_distance.unwrap_or(f32::INFINITY), votes: self.unknown };
+            let decision = Decision { person: None, nearest: self.nearest.clone(), distance: self.best_distance.unwrap_or(f32::INFINITY), votes: self.unknown };
             self.decided = Some(decision.clone());
             return Some(decision);
         }

@@ -427,6 +427,52 @@ fn frame_from_sample(camera: &Arc<str>, sample: &gst::Sample, seq: u64) -> Resul
     })
 }
 
+/// Decodes a video file to RGB frames at `fps` (at most `limit` of them) through GStreamer, for
+/// enrollment from a clip and for tests; the frames come with their presentation time.
+pub fn clip_frames(path: &Path, fps: u32, limit: usize) -> Result<Vec<(Duration, RgbImage)>, IngestError> {
+    init()?;
+    let name = path.display().to_string();
+    let stream = |reason: String| IngestError::Stream { camera: name.clone(), reason };
+    if !path.is_file() {
+        return Err(stream("no such file".into()));
+    }
+    let abs = std::fs::canonicalize(path).map_err(|e| stream(e.to_string()))?;
+    let uri = gst::glib::filename_to_uri(&abs, None).map_err(|e| stream(e.to_string()))?;
+    let line = format!("uridecodebin uri=\"{uri}\" ! videoconvert ! videorate ! video/x-raw,format=RGB,framerate={fps}/1 ! appsink name=sink sync=false");
+    let pipeline = gst::parse::launch(&line)
+        .map_err(|e| IngestError::Build { camera: name.clone(), pipeline: line.clone(), reason: e.to_string() })?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| stream("not a pipeline".into()))?;
+    let sink = pipeline.by_name("sink").and_then(|s| s.downcast::<gst_app::AppSink>().ok()).ok_or_else(|| stream("no appsink".into()))?;
+    pipeline.set_state(gst::State::Playing).map_err(|e| stream(format!("cannot play: {e}")))?;
+    let mut out = Vec::new();
+    let mut failure = None;
+    while out.len() < limit {
+        let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_seconds(10)) else {
+            // End of stream or an error: an error is reported when no frame came at all.
+            if let Some(bus) = pipeline.bus()
+                && let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error])
+                    && let gst::MessageView::Error(e) = msg.view() {
+                        failure = Some(e.error().to_string());
+                    }
+            break;
+        };
+        let (Some(caps), Some(buf)) = (sample.caps(), sample.buffer()) else { continue };
+        let Ok(info) = gst_video::VideoInfo::from_caps(caps) else { continue };
+        let Ok(map) = buf.map_readable() else { continue };
+        let pts = buf.pts().map(|t| Duration::from_nanos(t.nseconds())).unwrap_or_default();
+        if let Ok(img) = RgbImage::from_strided(info.width(), info.height(), info.stride()[0] as usize, &map) {
+            out.push((pts, img));
+        }
+    }
+    let _ = pipeline.set_state(gst::State::Null);
+    match (out.is_empty(), failure) {
+        (true, Some(reason)) => Err(stream(reason)),
+        (true, None) => Err(stream("no frame could be decoded".into())),
+        _ => Ok(out),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

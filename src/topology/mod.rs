@@ -171,9 +171,9 @@ pub fn start_with(cfg: &Config, gallery: SharedGallery, extra_sinks: Vec<Box<dyn
     let bcfg = cfg.batch.clone();
     spawn(&mut threads, "batcher".into(), move || batch_stage(bcfg, embed_rx, batch_tx))?;
     for (w, mut emb) in embedders.into_iter().enumerate() {
-        let (rx, tx) = (batch_rx.clone(), id_tx.clone());
+        let (rx, tx, flip) = (batch_rx.clone(), id_tx.clone(), cfg.embed.flip);
         let out = move |e: Embedded| tx.push(IdentifyMsg::Embedded(e)).is_ok();
-        spawn(&mut threads, format!("embed-{w}"), move || embed_worker(&mut emb, rx, out))?;
+        spawn(&mut threads, format!("embed-{w}"), move || embed_worker(&mut emb, flip, rx, out))?;
     }
     drop((batch_rx, id_tx));
     let (icfg, g) = (cfg.identify.clone(), gallery.clone());

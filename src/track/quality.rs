@@ -32,6 +32,38 @@ pub fn geometric(face: &Face) -> f32 {
 /// Sharpness of an aligned 150x150 RGB crop: variance of the 4-neighbour Laplacian over the
 /// central region (eyes, nose, mouth), normalised to 0..=1.
 pub fn sharpness(crop: &[u8]) -> f32 {
+    (laplacian_variance(crop) / CRISP_LAPLACIAN_VAR).clamp(0.0, 1.0)
+}
+
+/// Sharpness of a face at its own resolution: the variance of the 4-neighbour Laplacian over the
+/// central half of its box in the original image (an aligned crop of a small face is upsampled,
+/// which would make every small face look blurred).
+pub fn native_sharpness(img: &crate::image::RgbImage, face: &Face) -> f32 {
+    let b = &face.bbox;
+    let (w, h) = (b.width(), b.height());
+    let clampx = |v: f32| (v.max(1.0) as usize).min(img.width.saturating_sub(2) as usize);
+    let clampy = |v: f32| (v.max(1.0) as usize).min(img.height.saturating_sub(2) as usize);
+    let (x0, x1) = (clampx(b.x1 + w * 0.25), clampx(b.x2 - w * 0.25));
+    let (y0, y1) = (clampy(b.y1 + h * 0.25), clampy(b.y2 - h * 0.25));
+    let stride = img.width as usize * 3;
+    let gray = |x: usize, y: usize| {
+        let i = y * stride + x * 3;
+        0.299 * img.data[i] as f32 + 0.587 * img.data[i + 1] as f32 + 0.114 * img.data[i + 2] as f32
+    };
+    let (mut sum, mut sum2, mut n) = (0.0f64, 0.0f64, 0.0f64);
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let l = 4.0 * gray(x, y) - gray(x - 1, y) - gray(x + 1, y) - gray(x, y - 1) - gray(x, y + 1);
+            sum += l as f64;
+            sum2 += (l * l) as f64;
+            n += 1.0;
+        }
+    }
+    if n == 0.0 { 0.0 } else { (sum2 / n - (sum / n).powi(2)) as f32 }
+}
+
+/// The variance of the 4-neighbour Laplacian over the crop's central region (eyes, nose, mouth).
+pub fn laplacian_variance(crop: &[u8]) -> f32 {
     let s = CROP_SIDE;
     let gray = |x: usize, y: usize| {
         let i = (y * s + x) * 3;
@@ -47,8 +79,7 @@ pub fn sharpness(crop: &[u8]) -> f32 {
             n += 1.0;
         }
     }
-    let var = (sum2 / n - (sum / n).powi(2)) as f32;
-    (var / CRISP_LAPLACIAN_VAR).clamp(0.0, 1.0)
+    (sum2 / n - (sum / n).powi(2)) as f32
 }
 
 #[cfg(test)]
