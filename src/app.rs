@@ -98,7 +98,7 @@ impl App {
             let api = api.map(|(store, analyzer)| {
                 let persons = gallery.read().map(|g| g.len()).unwrap_or(0);
                 let point = OperatingPoint::for_embedder(&cfg.identify, cfg.embed.threshold, &analyzer.embedder, persons);
-                http::api::router(
+                http::api::router_with(
                 http::api::ApiState {
                     gallery: gallery.clone(),
                     store: Arc::new(Mutex::new(store)),
@@ -107,7 +107,7 @@ impl App {
                     threshold: point.threshold,
                     margin: point.margin,
                 },
-                cfg.http.max_upload_mb << 20,
+                &cfg.http,
             )
             });
             Some(http::serve(&cfg.http, state.clone(), api)?)

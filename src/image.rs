@@ -77,6 +77,29 @@ pub fn load(path: &Path) -> Result<RgbImage, ImageError> {
 }
 
 /// Decodes an image held in memory; `name` is used in error messages.
+/// Width and height from the header alone (nothing decoded), for pixel budgets.
+pub fn dimensions(bytes: &[u8], name: &Path) -> Result<(u32, u32), ImageError> {
+    ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|error| ImageError::Open { path: name.to_path_buf(), error })?
+        .into_dimensions()
+        .map_err(|e| classify(name, e))
+}
+
+/// The image shrunk (bilinear) so it holds at most `max_pixels`, and the factor applied (1 when
+/// it already fits).
+pub fn downscaled(img: RgbImage, max_pixels: f64) -> (RgbImage, f32) {
+    let px = img.width as f64 * img.height as f64;
+    if px <= max_pixels || px == 0.0 {
+        return (img, 1.0);
+    }
+    let f = (max_pixels / px).sqrt();
+    let (w, h) = (((img.width as f64 * f) as u32).max(1), ((img.height as f64 * f) as u32).max(1));
+    let Some(buf) = image::RgbImage::from_raw(img.width, img.height, img.data) else { return (RgbImage { width: 0, height: 0, data: Vec::new() }, 1.0) };
+    let small = image::imageops::resize(&buf, w, h, image::imageops::FilterType::Triangle);
+    (RgbImage { width: w, height: h, data: small.into_raw() }, w as f32 / buf.width() as f32)
+}
+
 pub fn decode(bytes: &[u8], name: &Path) -> Result<RgbImage, ImageError> {
     let path = name;
     let decode_err = |reason: String| ImageError::Decode { path: path.to_path_buf(), reason };

@@ -128,6 +128,16 @@ enum Command {
         store: Option<PathBuf>,
     },
     BenchGallery(cli::bench::BenchGalleryArgs),
+    /// Serve a clip as an RTSP camera on 127.0.0.1 (try a setup without a camera); prints the URL.
+    ServeRtsp {
+        clip: PathBuf,
+        /// Port (0: any free one).
+        #[arg(long, default_value_t = 8554)]
+        port: u16,
+        /// Mount point of the stream.
+        #[arg(long, default_value = "/cam")]
+        mount: String,
+    },
     /// Validate a config file (or the embedded default) and print every problem, each with the
     /// file and the key; exit 1 if there is any. `run` applies the same checks before starting.
     Check,
@@ -172,7 +182,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     // `check` reports a bad config itself; every other command needs a valid one.
     let mut cfg = match cli.command {
-        Command::Check => facestream::config::Config::default(),
+        Command::Check | Command::ServeRtsp { .. } => facestream::config::Config::default(),
         _ => cli::load_config(cli.global.config.as_deref())?,
     };
     match cli.command {
@@ -207,5 +217,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cli::run::cmd_run(&cfg, &file, duration)
         }
         Command::Check => cli::run::cmd_check(cli.global.config.as_deref()),
+        Command::ServeRtsp { clip, port, mount } => cli::run::cmd_serve_rtsp(&clip, port, &mount),
     }
 }

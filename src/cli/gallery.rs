@@ -45,8 +45,12 @@ fn parse_box(text: &str) -> Result<facestream::detect::BBox> {
     Ok(facestream::detect::BBox { x1: v[0], y1: v[1], x2: v[2], y2: v[3] })
 }
 
-/// What is enrolled: (person, where the face comes from, the face).
-type Source = (String, String, Result<Enrollable, EnrollError>);
+/// One thing to enroll: a photo (analysed when its turn comes, so a crash loses nothing
+/// committed) or a frame already picked from a clip.
+enum Job {
+    Photo(String, PathBuf),
+    Frame(String, String, Box<Enrollable>),
+}
 
 pub fn cmd_enroll(cfg: &Config, a: EnrollArgs) -> Result<ExitCode> {
     let bbox = a.r#box.as_deref().map(parse_box).transpose()?;
@@ -57,7 +61,7 @@ pub fn cmd_enroll(cfg: &Config, a: EnrollArgs) -> Result<ExitCode> {
     let mut gallery = cfg.gallery.new_gallery();
     store.load_into(&mut gallery, &model)?;
     let point = OperatingPoint::for_embedder(&cfg.identify, cfg.embed.threshold, &analyzer.embedder, gallery.len().max(1));
-    let sources: Vec<Source> = if let Some(video) = &a.video {
+    let jobs: Vec<Job> = if let Some(video) = &a.video {
         let name = a.name.clone().unwrap_or_default();
         let frames = facestream::ingest::clip_frames(video, 5, 600)?;
         let picks = facestream::photo::video_enrollables(&mut analyzer, &frames, video, a.frames.max(1), point.threshold);
@@ -65,7 +69,7 @@ pub fn cmd_enroll(cfg: &Config, a: EnrollArgs) -> Result<ExitCode> {
             bail!("{}: no frame of {} frames has an enrollable face (too small, blurred or turned away in all)", video.display(), frames.len());
         }
         eprintln!("{}: {} distinct frame(s) of the main face picked from {} frames", video.display(), picks.len(), frames.len());
-        picks.into_iter().map(|(i, e)| (name.clone(), format!("{} frame {i}", video.display()), Ok(e))).collect()
+        picks.into_iter().map(|(i, e)| Job::Frame(name.clone(), format!("{} frame {i}", video.display()), Box::new(e))).collect()
     } else {
         let list: Vec<(String, PathBuf)> = if let Some(dir) = &a.dir {
             facestream::dataset::read_folder(dir)?.into_iter().map(|l| (l.identity, l.path)).collect()
@@ -76,15 +80,19 @@ pub fn cmd_enroll(cfg: &Config, a: EnrollArgs) -> Result<ExitCode> {
         if list.is_empty() {
             bail!("nothing to enroll: give images with --name, a --dir with one sub-folder per person, or --video");
         }
-        list.into_iter().map(|(person, path)| {
-            let e = facestream::photo::enrollable(&mut analyzer, &path, bbox);
-            (person, path.display().to_string(), e)
-        }).collect()
+        list.into_iter().map(|(person, path)| Job::Photo(person, path)).collect()
     };
     let (mut ok, mut failed) = (0usize, 0usize);
-    let total = sources.len();
+    let total = jobs.len();
     let started = std::time::Instant::now();
-    for (i, (person, from, e)) in sources.into_iter().enumerate() {
+    for (i, job) in jobs.into_iter().enumerate() {
+        let (person, from, e): (String, String, Result<Enrollable, EnrollError>) = match job {
+            Job::Photo(person, path) => {
+                let e = facestream::photo::enrollable(&mut analyzer, &path, bbox);
+                (person, path.display().to_string(), e)
+            }
+            Job::Frame(person, from, e) => (person, from, Ok(*e)),
+        };
         let result = e.map_err(anyhow::Error::from).and_then(|e| {
             if gallery.person_id(&person).is_none()
                 && let Some(m) = gallery.search(&e.embedding, 1).first().filter(|m| m.distance <= point.threshold) {

@@ -82,3 +82,16 @@ fn report(e: &ConfigError) -> ExitCode {
     eprintln!("{} problem(s) found", problems.len());
     ExitCode::FAILURE
 }
+
+/// `facestream serve-rtsp`: a clip served as an RTSP camera on 127.0.0.1 until SIGINT/SIGTERM.
+pub fn cmd_serve_rtsp(clip: &Path, port: u16, mount: &str) -> Result<ExitCode> {
+    let server = facestream::ingest::rtsp_server::RtspServer::start(clip, port, mount)?;
+    println!("{}", server.url);
+    eprintln!("serving {} at {} (each client plays it from the start; Ctrl-C stops)", clip.display(), server.url);
+    let signalled = watch_signals()?;
+    while !signalled.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.stop();
+    Ok(ExitCode::SUCCESS)
+}

@@ -140,6 +140,18 @@ impl Config {
         add("track", self.track.problems());
         add("identify", self.identify.problems());
         add("batch", self.batch.problems());
+        let ev = &self.events;
+        let mut evp = Vec::new();
+        if ev.file_keep > 1000 {
+            evp.push(("file_keep".to_string(), format!("must be at most 1000 rotated files, got {}", ev.file_keep)));
+        }
+        if !(1..=1_000_000).contains(&ev.queue) {
+            evp.push(("queue".to_string(), format!("must be 1..=1000000 updates, got {}", ev.queue)));
+        }
+        if ev.file_max_bytes != 0 && ev.file_max_bytes < 4096 {
+            evp.push(("file_max_bytes".to_string(), format!("must be 0 (no rotation) or at least 4096, got {}", ev.file_max_bytes)));
+        }
+        add("events", evp);
         if let Some(w) = &self.events.webhook {
             add("events.webhook", w.problems());
         }

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::gallery::SharedGallery;
 use crate::gallery::store::Store;
-use crate::photo::{Analyzer, EnrollError, enrollable_bytes};
+use crate::photo::{Analyzer, EnrollError, enrollable_image};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -34,26 +34,61 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), retry_after: None }
     }
     fn internal(e: impl std::fmt::Display) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    }
+    fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        let mut r = (self.status, axum::Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, s.into());
+        }
+        r
     }
 }
 
 type ApiResult = Result<Response, ApiError>;
 
+/// Limits of the API's image requests (from `[http]`).
+#[derive(Clone)]
+pub struct Limits {
+    pub max_pixels: f64,
+    pub downscale_pixels: f64,
+    /// Image requests analysed at once; when all are taken the request gets 503.
+    pub image_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// Longest person name, and largest metadata (serialised JSON), accepted.
+pub const MAX_NAME_BYTES: usize = 200;
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+/// The API with the default limits and this upload size.
 pub fn router(state: ApiState, max_upload_bytes: usize) -> Router {
+    let cfg = crate::config::http::HttpConfig { max_upload_mb: (max_upload_bytes >> 20).max(1), ..Default::default() };
+    router_with(state, &cfg)
+}
+
+/// The API with the limits of `[http]`.
+pub fn router_with(state: ApiState, cfg: &crate::config::http::HttpConfig) -> Router {
+    let limits = Limits {
+        max_pixels: cfg.max_image_mpix * 1e6,
+        downscale_pixels: cfg.downscale_mpix * 1e6,
+        image_slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_image_requests)),
+    };
+    let max_upload_bytes = cfg.max_upload_mb << 20;
     Router::new()
         .route("/api/persons", get(list_persons).post(create_person))
         .route("/api/persons/{id}", get(get_person).delete(delete_person))
@@ -61,7 +96,34 @@ pub fn router(state: ApiState, max_upload_bytes: usize) -> Router {
         .route("/api/recognize", post(recognize))
         .route("/api/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .layer(DefaultBodyLimit::max(max_upload_bytes))
+        .layer(axum::Extension(limits))
         .with_state(state)
+}
+
+/// A slot for one image analysis, or 503 with Retry-After when all are busy.
+fn image_slot(limits: &Limits) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    limits.image_slots.clone().try_acquire_owned().map_err(|_| {
+        crate::telemetry::metrics().http_rejected.with_label_values(&["busy"]).inc();
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "all image analysis slots are busy; retry in a second").retry_after(1)
+    })
+}
+
+/// Decodes an uploaded image within the pixel budget: refused above `max_pixels` (from the
+/// header, before decoding), shrunk to `downscale_pixels` before detection; returns the image
+/// and the factor from original to analysed coordinates.
+fn budgeted_image(bytes: &[u8], limits: &Limits) -> Result<(crate::image::RgbImage, f32), ApiError> {
+    let name = Path::new("upload");
+    let (w, h) = crate::image::dimensions(bytes, name).map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_image", e.to_string()))?;
+    if w as f64 * h as f64 > limits.max_pixels {
+        crate::telemetry::metrics().http_rejected.with_label_values(&["too_large"]).inc();
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the image is {w}x{h} ({:.1} megapixels); at most {:.1} megapixels (http.max_image_mpix)", w as f64 * h as f64 / 1e6, limits.max_pixels / 1e6),
+        ));
+    }
+    let img = crate::image::decode(bytes, name).map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_image", e.to_string()))?;
+    Ok(crate::image::downscaled(img, limits.downscale_pixels))
 }
 
 fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -93,8 +155,11 @@ async fn create_person(State(state): State<ApiState>, headers: HeaderMap, body: 
     authorize(&state, &headers)?;
     let p: NewPerson = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("expected {{\"name\": ..., \"metadata\": {{...}}}}: {e}")))?;
-    if p.name.trim().is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "name must not be empty"));
+    if p.name.trim().is_empty() || p.name.len() > MAX_NAME_BYTES || p.name.chars().any(char::is_control) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("name must be 1 to {MAX_NAME_BYTES} bytes without control characters")));
+    }
+    if p.metadata.as_ref().is_some_and(|m| m.to_string().len() > MAX_METADATA_BYTES) {
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("metadata must be at most {MAX_METADATA_BYTES} bytes of JSON")));
     }
     let mut st = store(&state);
     // A name taken in the store, or by a person of the config's gallery (in memory only).
@@ -168,9 +233,10 @@ async fn image_bytes(req: Request) -> Result<Bytes, ApiError> {
     Ok(body)
 }
 
-async fn add_face(State(state): State<ApiState>, UrlPath(id): UrlPath<String>, req: Request) -> ApiResult {
+async fn add_face(State(state): State<ApiState>, axum::Extension(limits): axum::Extension<Limits>, UrlPath(id): UrlPath<String>, req: Request) -> ApiResult {
     authorize(&state, req.headers())?;
     let id = parse_id(&id)?;
+    let _slot = image_slot(&limits)?;
     let person = store(&state)
         .person(id)
         .map_err(ApiError::internal)?
@@ -178,12 +244,15 @@ async fn add_face(State(state): State<ApiState>, UrlPath(id): UrlPath<String>, r
     let bytes = image_bytes(req).await?;
     let analyzer = state.analyzer.clone();
     let enrolled = tokio::task::spawn_blocking(move || {
+        use sha2::Digest;
+        let (img, _) = budgeted_image(&bytes, &limits)?;
         let mut a = analyzer.lock().unwrap_or_else(|p| p.into_inner());
         let model = a.embedder.model_id().to_string();
-        enrollable_bytes(&mut a, &bytes, Path::new("upload"), None).map(|e| (e, model))
+        let sha = format!("{:x}", sha2::Sha256::digest(&bytes));
+        Ok::<_, ApiError>(enrollable_image(&mut a, &img, Path::new("upload"), None, sha).map(|e| (e, model)))
     })
     .await
-    .map_err(ApiError::internal)?;
+    .map_err(ApiError::internal)??;
     let (e, model) = enrolled.map_err(|e| match e {
         EnrollError::Image(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_image", e.to_string()),
         EnrollError::NoFace { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_face", "no face found in the image"),
@@ -227,21 +296,28 @@ async fn add_face(State(state): State<ApiState>, UrlPath(id): UrlPath<String>, r
         .into_response())
 }
 
-async fn recognize(State(state): State<ApiState>, req: Request) -> ApiResult {
+async fn recognize(State(state): State<ApiState>, axum::Extension(limits): axum::Extension<Limits>, req: Request) -> ApiResult {
+    let _slot = image_slot(&limits)?;
     let bytes = image_bytes(req).await?;
     let analyzer = state.analyzer.clone();
     let analyzed = tokio::task::spawn_blocking(move || {
+        let (w, h) = crate::image::dimensions(&bytes, Path::new("upload")).unwrap_or((0, 0));
+        let (img, scale) = budgeted_image(&bytes, &limits)?;
         let mut a = analyzer.lock().unwrap_or_else(|p| p.into_inner());
-        let img = crate::image::decode(&bytes, Path::new("upload"))?;
-        let faces = a.analyze(&img).map_err(EnrollError::from)?;
-        Ok::<_, EnrollError>((img.width, img.height, faces))
+        let mut faces = a.analyze(&img).map_err(ApiError::internal)?;
+        // Back to the coordinates of the image as sent.
+        for (f, _) in faces.iter_mut() {
+            let k = 1.0 / scale;
+            f.bbox = crate::detect::BBox { x1: f.bbox.x1 * k, y1: f.bbox.y1 * k, x2: f.bbox.x2 * k, y2: f.bbox.y2 * k };
+            for l in f.landmarks.iter_mut() {
+                l[0] *= k;
+                l[1] *= k;
+            }
+        }
+        Ok::<_, ApiError>((w, h, faces))
     })
     .await
-    .map_err(ApiError::internal)?
-    .map_err(|e| match e {
-        EnrollError::Image(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_image", e.to_string()),
-        other => ApiError::internal(other),
-    })?;
+    .map_err(ApiError::internal)??;
     let (width, height, faces) = analyzed;
     let g = state.gallery.read().map_err(|_| ApiError::internal("gallery lock poisoned"))?;
     let out: Vec<_> = faces

@@ -3,6 +3,7 @@
 //! internals; a slow event-stream client loses events (counted) and never slows the pipeline.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -106,7 +107,10 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Binds (errors here stop start-up) and serves on a thread of its own.
+/// Binds (errors here stop start-up) and serves on a thread of its own. Every connection has a
+/// header-read timeout (also the idle limit between requests); beyond `max_connections` a new
+/// connection gets one second to send its request, so idle or slow clients cannot keep others
+/// out; request bodies have their own timeout; with a token every `/api/*` route needs it.
 pub fn serve(cfg: &HttpConfig, state: AppState, extra: Option<Router>) -> Result<Server, HttpError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -122,36 +126,82 @@ pub fn serve(cfg: &HttpConfig, state: AppState, extra: Option<Router>) -> Result
     if let Some(extra) = extra {
         app = app.merge(extra);
     }
+    let app = app
+        .layer(axum::middleware::from_fn_with_state(cfg.token.clone().map(Arc::<str>::from), require_token))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(Duration::from_secs_f64(cfg.body_timeout_s)));
+    let limits = ConnLimits { max: cfg.max_connections, header_timeout: Duration::from_secs_f64(cfg.header_timeout_s) };
     let (tx, rx) = tokio::sync::watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("http-server".into())
         .spawn(move || {
-            rt.block_on(async move {
-                let mut graceful = rx.clone();
-                let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-                    let _ = graceful.wait_for(|stop| *stop).await;
-                });
-                // Event-stream clients never hang up by themselves: give the graceful shutdown a
-                // moment, then drop what is still open.
-                let mut hard = rx;
-                let deadline = async move {
-                    let _ = hard.wait_for(|stop| *stop).await;
-                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                };
-                tokio::select! {
-                    result = server => {
-                        if let Err(e) = result {
-                            tracing::error!(error = %e, "HTTP server stopped");
-                        }
-                    }
-                    _ = deadline => {}
-                }
-            });
-            rt.shutdown_timeout(std::time::Duration::from_millis(200));
+            rt.block_on(accept_loop(listener, app, limits, rx));
+            rt.shutdown_timeout(Duration::from_millis(200));
         })
         .map_err(HttpError::Runtime)?;
-    tracing::info!(%addr, "HTTP server listening (/metrics, /healthz, /readyz, /api/cameras, /api/events)");
+    tracing::info!(%addr, "HTTP server listening (/metrics, /healthz, /readyz, /api/...)");
     Ok(Server { addr, shutdown: Some(tx), thread: Some(thread) })
+}
+
+#[derive(Clone, Copy)]
+struct ConnLimits {
+    max: usize,
+    header_timeout: Duration,
+}
+
+/// With a token configured, every `/api/*` request must carry it.
+async fn require_token(State(token): State<Option<Arc<str>>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if let Some(token) = token.as_deref()
+        && req.uri().path().starts_with("/api/") {
+            let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+            if given != Some(token) {
+                let body = serde_json::json!({"error": {"code": "unauthorized", "message": "this endpoint needs Authorization: Bearer <token>"}});
+                return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+            }
+        }
+    next.run(req).await
+}
+
+/// Accepts connections until stopped; each is served by hyper with the header timeout.
+async fn accept_loop(listener: tokio::net::TcpListener, app: Router, limits: ConnLimits, stop: tokio::sync::watch::Receiver<bool>) {
+    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut stopping = stop.clone();
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of descriptors: wait for connections to close instead of spinning.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    metrics().http_connections.with_label_values(&["accept_error"]).inc();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = async { let _ = stopping.wait_for(|s| *s).await; } => break,
+        };
+        let n = active.fetch_add(1, Ordering::SeqCst) + 1;
+        let over = n > limits.max;
+        metrics().http_connections.with_label_values(&[if over { "over_limit" } else { "accepted" }]).inc();
+        let header_timeout = if over { Duration::from_secs(1).min(limits.header_timeout) } else { limits.header_timeout };
+        let (app, active, mut stop) = (app.clone(), active.clone(), stop.clone());
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let svc = hyper_util::service::TowerToHyperService::new(app);
+            let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
+            let conn = builder.serve_connection_with_upgrades(io, svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                    // Event-stream clients never hang up by themselves: a moment, then dropped.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_millis(300), conn).await;
+                }
+            }
+            active.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
 }
 
 async fn metrics_handler() -> Response {

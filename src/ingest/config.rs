@@ -48,6 +48,10 @@ pub struct CameraConfig {
     /// Give up after this many failed reconnects in a row (0 = never give up).
     #[serde(default)]
     pub max_retries: u32,
+    /// Seconds without a frame after which the source counts as stalled (counted in
+    /// facestream_camera_stalls_total): a live source is reconnected, a file fails; 0 = never.
+    #[serde(default = "default_stall")]
+    pub stall_timeout_s: f32,
     /// Wait this long before starting (not a config key: the bench harness staggers its cameras).
     #[serde(skip)]
     pub start_delay: std::time::Duration,
@@ -58,6 +62,9 @@ fn yes() -> bool {
 }
 fn default_max_fps() -> f32 {
     10.0
+}
+fn default_stall() -> f32 {
+    5.0
 }
 fn default_latency() -> u32 {
     200
@@ -108,7 +115,7 @@ impl CameraConfig {
             return Ok(SourceKind::Test(pattern.to_string()));
         }
         let path = match url.strip_prefix("file://") {
-            Some(p) => std::path::PathBuf::from(p),
+            Some(p) => std::path::PathBuf::from(percent_decode(p)),
             None if url.contains("://") => return Err(format!("unsupported URL scheme in {url}; use rtsp://, file://, http(s)://, v4l2:// or test:")),
             None => std::path::PathBuf::from(url),
         };
@@ -117,7 +124,8 @@ impl CameraConfig {
             return Err(format!("file {} does not exist", path.display()));
         }
         let abs = path.canonicalize().map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(SourceKind::Uri { uri: format!("file://{}", abs.display()), live: false })
+        // A path may hold `#`, `%`, spaces...: escaped, so the URI names exactly this file.
+        Ok(SourceKind::Uri { uri: format!("file://{}", percent_encode_path(&abs.to_string_lossy())), live: false })
     }
 
     /// Every problem as (key, message).
@@ -136,11 +144,67 @@ impl CameraConfig {
         if self.latency_ms > 10_000 {
             p.push(("latency_ms".into(), format!("must be at most 10000, got {}", self.latency_ms)));
         }
+        if !(self.stall_timeout_s == 0.0 || (0.5..=3600.0).contains(&self.stall_timeout_s)) {
+            p.push(("stall_timeout_s".into(), format!("must be 0 (off) or 0.5..=3600 seconds, got {}", self.stall_timeout_s)));
+        }
+        if self.id.len() > 64 {
+            p.push(("id".into(), format!("must be at most 64 characters, got {}", self.id.len())));
+        }
+        // A file path must name a file that exists (`#`, `%` and spaces are fine: they are escaped).
+        if self.url.contains('\n') || self.url.contains('"') {
+            p.push(("url".into(), "must not contain quotes or line breaks".into()));
+        }
         p
     }
 
     /// The first problem, if any.
     pub fn validate(&self) -> Result<(), (String, String)> {
         self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+}
+
+/// Percent-encodes a file path for a `file://` URI (RFC 3986: unreserved characters and `/` stay).
+pub fn percent_encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Decodes `%XX` escapes (a `file://` URL given in the config); malformed escapes stay as they are.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod uri_tests {
+    use super::*;
+
+    #[test]
+    fn paths_with_hash_percent_and_spaces_round_trip() {
+        let p = "/data/cam #1/50% off/a b.mp4";
+        let e = percent_encode_path(p);
+        assert_eq!(e, "/data/cam%20%231/50%25%20off/a%20b.mp4");
+        assert_eq!(percent_decode(&e), p);
+        assert_eq!(percent_decode("100%"), "100%", "a malformed escape stays");
     }
 }

@@ -15,6 +15,8 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use serde::Serialize;
 
+pub mod rtsp_server;
+
 pub use config::{CameraConfig, RtspTransport, SourceKind};
 
 use crate::image::RgbImage;
@@ -188,25 +190,19 @@ pub fn run_camera(cam: CameraConfig, base: &Path, sink: Arc<dyn FrameSink>, stat
         }
         sink.notice(CameraNotice::State { camera: camera.clone(), state, error });
     };
-    let kind = match cam.source(base) {
-        Ok(k) => k,
-        Err(e) => {
-            tracing::error!(camera = %camera, error = %e, "camera source is not usable");
-            set_state(CameraState::Failed, Some(e));
-            return;
-        }
+    let fail = |e: String| {
+        tracing::error!(camera = %camera, error = %e, "camera failed");
+        set_state(CameraState::Failed, Some(e));
     };
-    let line = match launch_line(&kind, &cam) {
-        Ok(l) => l,
-        Err(e) => {
-            set_state(CameraState::Failed, Some(e));
-            return;
-        }
+    let (kind, line) = match cam.source(base).and_then(|k| launch_line(&k, &cam).map(|l| (k, l))) {
+        Ok(x) => x,
+        Err(e) => return fail(e),
     };
     let live = kind.is_live();
     let mut rng = seed | 1;
     let mut failures: u32 = 0;
     let mut seq: u64 = 0;
+    let mut last_streaming: Option<Instant> = None;
     let min_interval = if cam.max_fps > 0.0 { Duration::from_secs_f32(1.0 / cam.max_fps) } else { Duration::ZERO };
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -219,11 +215,20 @@ pub fn run_camera(cam: CameraConfig, base: &Path, sink: Arc<dyn FrameSink>, stat
         // A file played in real time stands in for a camera, so it is treated like one: when the
         // pipeline falls behind, the oldest frame goes (counted) instead of the file slowing down.
         let keep_newest = live || cam.realtime;
-        let end = run_pipeline(&camera, &line, keep_newest, min_interval, &sink, &status, &stop, &mut seq, &mut got_frames, &set_state);
+        // Live sources and files alike: a file that opens but never yields a frame (cut inside its
+        // header) would otherwise hang the camera for ever.
+        let stall = (cam.stall_timeout_s > 0.0).then(|| Duration::from_secs_f32(cam.stall_timeout_s));
+        let end = run_pipeline(&camera, &line, (keep_newest, stall), min_interval, &sink, &status, &stop, &mut seq, &mut got_frames, &set_state);
+        if got_frames {
+            last_streaming = Some(Instant::now());
+        }
         match end {
             RunEnd::Stopped => {
                 set_state(CameraState::Stopped, None);
                 return;
+            }
+            RunEnd::Eos if !live && seq == 0 => {
+                return fail(format!("{}: the file ended without a single decodable frame (truncated, or a codec without a decoder: {})", cam.url, PLUGIN_HINT));
             }
             RunEnd::Eos if !live => {
                 if cam.loop_file && got_frames {
@@ -235,31 +240,26 @@ pub fn run_camera(cam: CameraConfig, base: &Path, sink: Arc<dyn FrameSink>, stat
                 set_state(CameraState::Ended, None);
                 return;
             }
-            RunEnd::Error(e) if !live => {
-                tracing::error!(camera = %camera, error = %e, "file failed");
-                set_state(CameraState::Failed, Some(e));
-                return;
-            }
+            RunEnd::Error(e) if !live => return fail(format!("{}: {e} ({})", cam.url, error_hint(&e))),
             RunEnd::Eos | RunEnd::Error(_) => {
                 let reason = match &end {
                     RunEnd::Error(e) => e.clone(),
                     _ => "stream ended".to_string(),
                 };
                 if !cam.reconnect {
-                    tracing::error!(camera = %camera, error = %reason, "live source ended; reconnect is off");
-                    set_state(CameraState::Failed, Some(reason));
-                    return;
+                    return fail(format!("{reason} (reconnect is off)"));
                 }
                 if got_frames {
                     sink.discontinuity();
                 }
                 failures = if got_frames { 1 } else { failures + 1 };
                 if cam.max_retries > 0 && failures > cam.max_retries {
-                    tracing::error!(camera = %camera, error = %reason, retries = cam.max_retries, "giving up on camera");
-                    set_state(CameraState::Failed, Some(reason));
-                    return;
+                    return fail(format!("{reason} (gave up after {} retries)", cam.max_retries));
                 }
+                // A source that streamed within the last five minutes is flapping: probe at least
+                // every 2 s so its short up-windows are not missed; otherwise back off to 30 s.
                 let delay = backoff(failures, &mut rng);
+                let delay = if last_streaming.is_some_and(|t| t.elapsed() < FLAPPING_WINDOW) { delay.min(FLAPPING_PROBE) } else { delay };
                 tracing::warn!(camera = %camera, error = %reason, retry_in_ms = delay.as_millis() as u64, attempt = failures, "camera lost; reconnecting");
                 set_state(CameraState::Backoff, Some(reason));
                 if let Ok(mut s) = status.lock() {
@@ -271,6 +271,47 @@ pub fn run_camera(cam: CameraConfig, base: &Path, sink: Arc<dyn FrameSink>, stat
                 }
             }
         }
+    }
+}
+
+/// Handles the pipeline's pending bus messages; the end of the run when one says so.
+fn drain_bus(bus: &gst::Bus, camera: &Arc<str>) -> Option<RunEnd> {
+    while let Some(msg) = bus.pop() {
+        use gst::MessageView;
+        match msg.view() {
+            MessageView::Error(err) => {
+                let src = err.src().map(|s| s.path_string().to_string()).unwrap_or_default();
+                let details = err.debug().map(|d| d.to_string()).unwrap_or_default();
+                tracing::debug!(camera = %camera, %src, %details, "bus error");
+                return Some(RunEnd::Error(format!("{} ({src})", err.error())));
+            }
+            MessageView::Eos(_) => return Some(RunEnd::Eos),
+            MessageView::Warning(w) => tracing::warn!(camera = %camera, warning = %w.error(), "pipeline warning"),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A source that streamed this recently is treated as flapping (probed every FLAPPING_PROBE).
+const FLAPPING_WINDOW: Duration = Duration::from_secs(300);
+const FLAPPING_PROBE: Duration = Duration::from_secs(2);
+
+const PLUGIN_HINT: &str = "install gstreamer1.0-libav for H.264/H.265/MPEG-4, gstreamer1.0-plugins-good/-bad/-ugly for the rest";
+
+/// What to do about a GStreamer error, in words.
+pub fn error_hint(e: &str) -> &'static str {
+    let e = e.to_ascii_lowercase();
+    if e.contains("missing") || e.contains("no decoder") || e.contains("not-negotiated") || e.contains("no suitable plugins") {
+        PLUGIN_HINT
+    } else if e.contains("not found") || e.contains("could not open") || e.contains("no such file") || e.contains("permission") {
+        "check that the path or URL exists and is readable"
+    } else if e.contains("stalled") {
+        "no data arrived: for a file, it may be truncated or its codec unsupported; for a camera, check that it still sends"
+    } else if e.contains("internal data stream error") || e.contains("decode") || e.contains("demux") {
+        "the stream could not be decoded: the file may be corrupt or truncated, or its codec needs a plugin (gstreamer1.0-libav)"
+    } else {
+        "see the GStreamer error; run with --log debug for the pipeline's messages"
     }
 }
 
@@ -302,7 +343,7 @@ pub fn backoff(n: u32, rng: &mut u64) -> Duration {
 fn run_pipeline(
     camera: &Arc<str>,
     line: &str,
-    live: bool,
+    (live, stall): (bool, Option<Duration>),
     min_interval: Duration,
     sink: &Arc<dyn FrameSink>,
     status: &Arc<Mutex<CameraStatus>>,
@@ -331,31 +372,27 @@ fn run_pipeline(
         }
         let mut last_accept: Option<Duration> = None;
         let started = Instant::now();
+        let mut last_sample = Instant::now();
         loop {
             if stop.load(Ordering::Relaxed) {
                 return RunEnd::Stopped;
             }
-            while let Some(msg) = bus.pop() {
-                use gst::MessageView;
-                match msg.view() {
-                    MessageView::Error(err) => {
-                        let src = err.src().map(|s| s.path_string().to_string()).unwrap_or_default();
-                        let details = err.debug().map(|d| d.to_string()).unwrap_or_default();
-                        tracing::debug!(camera = %camera, %src, %details, "bus error");
-                        return RunEnd::Error(format!("{} ({src})", err.error()));
-                    }
-                    MessageView::Eos(_) => return RunEnd::Eos,
-                    MessageView::Warning(w) => tracing::warn!(camera = %camera, warning = %w.error(), "pipeline warning"),
-                    _ => {}
-                }
+            if let Some(end) = drain_bus(&bus, camera) {
+                return end;
             }
             let Some(sample) = appsink.try_pull_sample(gst::ClockTime::from_mseconds(100)) else {
                 if appsink.is_eos() {
                     // A clean EOS may be followed by its bus message; either way the run is over.
                     return bus_error(&bus).map(RunEnd::Error).unwrap_or(RunEnd::Eos);
                 }
+                // A live source that went silent (a hung server keeps its TCP session open).
+                if let Some(limit) = stall.filter(|l| last_sample.elapsed() > *l) {
+                    crate::telemetry::metrics().camera_stalls.with_label_values(&[camera]).inc();
+                    return RunEnd::Error(format!("no frame for {:.1} s: the source stalled (camera.stall_timeout_s)", limit.as_secs_f32()));
+                }
                 continue;
             };
+            last_sample = Instant::now();
             // The fps cap measures stream time (pts) where there is one, so a file played as fast
             // as possible is thinned the same way as in real time; 10% slack absorbs jitter so a
             // 30 fps source capped at 15 gives 15, not 10.

@@ -32,6 +32,9 @@ pub const BUILD_INFO: &str = "facestream_build_info";
 pub const QUEUE_DROPPED: &str = "facestream_queue_dropped_total";
 pub const BUS_DROPPED: &str = "facestream_bus_dropped_total";
 pub const DECIDED_FEEDBACK_DROPPED: &str = "facestream_decided_feedback_dropped_total";
+pub const CAMERA_STALLS: &str = "facestream_camera_stalls_total";
+pub const HTTP_CONNECTIONS: &str = "facestream_http_connections_total";
+pub const HTTP_REJECTED: &str = "facestream_http_rejected_total";
 
 pub struct Metrics {
     pub registry: Registry,
@@ -60,6 +63,9 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     pub queue_dropped: IntCounterVec,
     pub bus_dropped: IntCounterVec,
+    pub http_connections: IntCounterVec,
+    pub http_rejected: IntCounterVec,
+    pub camera_stalls: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -134,6 +140,9 @@ impl Metrics {
             batch_size,
             build_info: gauge(&r, BUILD_INFO, "Build and runtime facts", &["version", "detector", "embedder", "provider", "threshold", "threshold_source"]),
             queue_dropped: counter(&r, QUEUE_DROPPED, "Items a stage queue dropped by its when-full policy (track, batch, identify, decided feedback)", &["queue"]),
+            camera_stalls: counter(&r, CAMERA_STALLS, "Live sources reconnected because no frame came for camera.stall_timeout_s", &["camera"]),
+            http_connections: counter(&r, HTTP_CONNECTIONS, "HTTP connections by outcome (accepted; over_limit: served with a 1 s header timeout; accept_error)", &["outcome"]),
+            http_rejected: counter(&r, HTTP_REJECTED, "API requests refused by a limit (busy: 503; too_large: image over the pixel budget)", &["reason"]),
             bus_dropped: counter(&r, BUS_DROPPED, "Track updates a decisions-bus subscriber lost because its queue was full", &["subscriber"]),
             registry: r,
         }

@@ -165,13 +165,13 @@ pub fn start_with(cfg: &Config, gallery: SharedGallery, extra_sinks: Vec<Box<dyn
         spawn(&mut threads, format!("detect-{w}"), move || detect_worker(&mut det, &inputs, out, &min_faces))?;
     }
     drop((inputs, track_tx));
-    let (tcfg, notes_tx) = (cfg.track.clone(), id_tx.clone());
+    let (tcfg, notes_tx, quality_floor) = (cfg.track.clone(), id_tx.clone(), cfg.identify.quality_floor);
     let notes = move |n: TrackNote| notes_tx.push(IdentifyMsg::Track(n)).is_ok();
-    spawn(&mut threads, "track".into(), move || track_stage(tcfg, track_rx, decided_rx, TrackOutputs { embed: embed_tx, notes }))?;
+    spawn(&mut threads, "track".into(), move || track_stage(tcfg, track_rx, decided_rx, TrackOutputs { embed: embed_tx, notes, quality_floor }))?;
     let bcfg = cfg.batch.clone();
     spawn(&mut threads, "batcher".into(), move || batch_stage(bcfg, embed_rx, batch_tx))?;
     for (w, mut emb) in embedders.into_iter().enumerate() {
-        let (rx, tx, flip) = (batch_rx.clone(), id_tx.clone(), cfg.embed.flip);
+        let (rx, tx, flip) = (batch_rx.clone(), id_tx.clone(), cfg.embed.flip_tracks);
         let out = move |e: Embedded| tx.push(IdentifyMsg::Embedded(e)).is_ok();
         spawn(&mut threads, format!("embed-{w}"), move || embed_worker(&mut emb, flip, rx, out))?;
     }

@@ -50,6 +50,8 @@ struct CameraTracks {
 pub struct TrackOutputs<N: Outlet<TrackNote>> {
     pub embed: Tx<EmbedRequest>,
     pub notes: N,
+    /// Faces below this quality are not embedded: they would never vote (`identify.quality_floor`).
+    pub quality_floor: f32,
 }
 
 /// The track stage: one tracker per camera, fed in each camera's queue order; decides which faces
@@ -166,6 +168,9 @@ fn track_frame<N: Outlet<TrackNote>>(cfg: &TrackConfig, ct: &mut CameraTracks, c
         }
         m.stage_seconds.with_label_values(&["align"]).observe(started.elapsed().as_secs_f64());
         let q = q * (0.5 + 0.5 * quality::sharpness(crop));
+        if q < out.quality_floor {
+            continue;
+        }
         info.best_quality = info.best_quality.max(q);
         info.last_embed = Some(now);
         let req = EmbedRequest { camera: camera.clone(), track: *id, crop: crop.to_vec(), bbox: face.bbox, quality: q, captured_instant: frame.captured_instant };

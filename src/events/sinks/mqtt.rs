@@ -41,8 +41,11 @@ impl MqttConfig {
         if self.qos > 2 {
             p.push(("qos".into(), format!("must be 0, 1 or 2, got {}", self.qos)));
         }
-        if self.host.is_empty() || self.queue == 0 {
-            p.push(("host".into(), "host must be set and queue at least 1".into()));
+        if self.host.is_empty() {
+            p.push(("host".into(), "must be set".into()));
+        }
+        if !(1..=1_000_000).contains(&self.queue) {
+            p.push(("queue".into(), format!("must be 1..=1000000 events, got {}", self.queue)));
         }
         if let Err(e) = check_kinds(&self.events) {
             p.push(e);

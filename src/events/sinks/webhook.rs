@@ -40,8 +40,14 @@ impl WebhookConfig {
         if !self.url.starts_with("http://") {
             p.push(("url".into(), format!("must start with http:// (got {})", self.url)));
         }
-        if self.queue == 0 || self.timeout_ms == 0 {
-            p.push(("queue".into(), "queue and timeout_ms must be at least 1".into()));
+        if !(1..=1_000_000).contains(&self.queue) {
+            p.push(("queue".into(), format!("must be 1..=1000000 events, got {}", self.queue)));
+        }
+        if !(1..=600_000).contains(&self.timeout_ms) {
+            p.push(("timeout_ms".into(), format!("must be 1..=600000, got {}", self.timeout_ms)));
+        }
+        if self.retries > 100 {
+            p.push(("retries".into(), format!("must be at most 100, got {}", self.retries)));
         }
         if let Err(e) = check_kinds(&self.events) {
             p.push(e);
