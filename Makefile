@@ -14,7 +14,7 @@ export FACESTREAM_CACHE := $(CACHE)
 
 APT_PACKAGES := pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
-	gstreamer1.0-libav libopencv-dev clang libclang-dev
+	gstreamer1.0-libav libopencv-dev clang libclang-dev fonts-dejavu-core
 
 # Servers the tests start on 127.0.0.1 (a real Prometheus and a real MQTT broker).
 APT_TEST_PACKAGES := prometheus mosquitto
