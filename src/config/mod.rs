@@ -152,6 +152,14 @@ impl Config {
             evp.push(("file_max_bytes".to_string(), format!("must be 0 (no rotation) or at least 4096, got {}", ev.file_max_bytes)));
         }
         add("events", evp);
+        let mut gp = Vec::new();
+        if let Some(c) = self.gallery.index_crossover.filter(|c| !(1..=100_000_000).contains(c)) {
+            gp.push(("index_crossover".to_string(), format!("must be 1..=100000000 samples, got {c}")));
+        }
+        if let Some(ef) = self.gallery.ef_search.filter(|e| !(1..=4096).contains(e)) {
+            gp.push(("ef_search".to_string(), format!("must be 1..=4096, got {ef}")));
+        }
+        add("gallery", gp);
         if let Some(w) = &self.events.webhook {
             add("events.webhook", w.problems());
         }

@@ -43,12 +43,22 @@ pub fn native_sharpness(img: &crate::image::RgbImage, face: &Face) -> f32 {
     let (w, h) = (b.width(), b.height());
     let clampx = |v: f32| (v.max(1.0) as usize).min(img.width.saturating_sub(2) as usize);
     let clampy = |v: f32| (v.max(1.0) as usize).min(img.height.saturating_sub(2) as usize);
-    let (x0, x1) = (clampx(b.x1 + w * 0.25), clampx(b.x2 - w * 0.25));
-    let (y0, y1) = (clampy(b.y1 + h * 0.25), clampy(b.y2 - h * 0.25));
-    let stride = img.width as usize * 3;
+    let region = ((clampx(b.x1 + w * 0.25), clampx(b.x2 - w * 0.25)), (clampy(b.y1 + h * 0.25), clampy(b.y2 - h * 0.25)));
+    laplacian_over(&img.data, img.width as usize * 3, region)
+}
+
+/// The variance of the 4-neighbour Laplacian over the crop's central region (eyes, nose, mouth).
+pub fn laplacian_variance(crop: &[u8]) -> f32 {
+    let s = CROP_SIDE;
+    laplacian_over(crop, s * 3, ((s / 4, s * 3 / 4), (s / 4, s * 3 / 4)))
+}
+
+/// Variance of the 4-neighbour Laplacian of the grey levels of packed RGB rows (`stride` bytes
+/// each) over `((x0, x1), (y0, y1))`, which must keep one pixel away from every edge.
+fn laplacian_over(rgb: &[u8], stride: usize, ((x0, x1), (y0, y1)): ((usize, usize), (usize, usize))) -> f32 {
     let gray = |x: usize, y: usize| {
         let i = y * stride + x * 3;
-        0.299 * img.data[i] as f32 + 0.587 * img.data[i + 1] as f32 + 0.114 * img.data[i + 2] as f32
+        0.299 * rgb[i] as f32 + 0.587 * rgb[i + 1] as f32 + 0.114 * rgb[i + 2] as f32
     };
     let (mut sum, mut sum2, mut n) = (0.0f64, 0.0f64, 0.0f64);
     for y in y0..y1 {
@@ -60,26 +70,6 @@ pub fn native_sharpness(img: &crate::image::RgbImage, face: &Face) -> f32 {
         }
     }
     if n == 0.0 { 0.0 } else { (sum2 / n - (sum / n).powi(2)) as f32 }
-}
-
-/// The variance of the 4-neighbour Laplacian over the crop's central region (eyes, nose, mouth).
-pub fn laplacian_variance(crop: &[u8]) -> f32 {
-    let s = CROP_SIDE;
-    let gray = |x: usize, y: usize| {
-        let i = (y * s + x) * 3;
-        0.299 * crop[i] as f32 + 0.587 * crop[i + 1] as f32 + 0.114 * crop[i + 2] as f32
-    };
-    let (lo, hi) = (s / 4, s * 3 / 4);
-    let (mut sum, mut sum2, mut n) = (0.0f64, 0.0f64, 0.0f64);
-    for y in lo..hi {
-        for x in lo..hi {
-            let l = 4.0 * gray(x, y) - gray(x - 1, y) - gray(x + 1, y) - gray(x, y - 1) - gray(x, y + 1);
-            sum += l as f64;
-            sum2 += (l * l) as f64;
-            n += 1.0;
-        }
-    }
-    (sum2 / n - (sum / n).powi(2)) as f32
 }
 
 #[cfg(test)]
