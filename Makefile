@@ -4,6 +4,7 @@
 #   make setup   Debian packages + ONNX Runtime + models (idempotent, cached in ~/.cache/facestream)
 #   make setup GPU=1   the same with the CUDA build of ONNX Runtime (NVIDIA machines)
 #   make lint    clippy with warnings as errors (also run by CI)
+#   make soak    10-minute reliability harness (RSS, fds, threads, reconnects, /healthz)
 #   make bench   criterion benchmarks, the end-to-end harness and the gallery benchmark
 
 SHELL := /bin/bash
@@ -22,7 +23,7 @@ APT_TEST_PACKAGES := prometheus mosquitto
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FETCH_FLAGS := $(if $(filter 1,$(GPU)),--gpu,)
 
-.PHONY: setup deps test-deps models build run demo test lint bench check-toolchain
+.PHONY: setup deps test-deps models build run demo test lint bench soak check-toolchain
 
 setup: deps models
 
@@ -82,3 +83,9 @@ bench: build
 	./target/release/facestream --log warn bench --mode throughput --cameras 1,2 --loops 2 --json target/bench-throughput.json
 	./target/release/facestream --log warn bench --mode capacity --cameras 1,2,4,5,6 --duration 12 --json target/bench-capacity.json
 	./target/release/facestream --log warn bench-gallery --sizes 10000,100000 --samples 3 --ef 16,32,64,128 --json target/bench-gallery.json
+
+# Reliability harness: 10 minutes of 3 file cameras + 1 RTSP camera restarted every 20 s, 20 API
+# req/s, 10 event-stream clients that never read; CSV and PNG in target/soak.
+soak: build
+	./target/release/facestream --log warn soak --duration 600 --cameras 3 --restart-every 20 --api-rps 20 --sse-clients 10 --out target/soak
+

@@ -20,6 +20,7 @@ pub mod ingest;
 pub mod infer;
 pub mod photo;
 pub mod queue;
+pub mod soak;
 pub mod telemetry;
 pub mod topology;
 pub mod track;

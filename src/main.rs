@@ -128,6 +128,7 @@ enum Command {
         store: Option<PathBuf>,
     },
     BenchGallery(cli::bench::BenchGalleryArgs),
+    Soak(cli::bench::SoakArgs),
     /// Serve a clip as an RTSP camera on 127.0.0.1 (try a setup without a camera); prints the URL.
     ServeRtsp {
         clip: PathBuf,
@@ -211,6 +212,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Gallery { action, store } => cli::gallery::cmd_gallery(&cfg, action, store),
         Command::Identify { image, draw, store } => cli::photos::cmd_identify(&cfg, &image, draw.as_deref(), store),
         Command::BenchGallery(a) => cli::bench::cmd_bench_gallery(a),
+        Command::Soak(a) => cli::bench::cmd_soak(&cfg, a),
         Command::Bench(a) => cli::bench::cmd_bench(&cfg, a),
         Command::Run { duration } => {
             let file = cli.global.config.clone().unwrap_or_else(|| PathBuf::from("<embedded config/default.toml>"));

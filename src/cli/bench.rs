@@ -114,3 +114,52 @@ pub fn cmd_bench(cfg: &Config, a: BenchArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Reliability harness: the real application with looping file cameras, one RTSP camera whose
+/// server restarts on a schedule, API load and event-stream clients that never read; samples RSS,
+/// threads, descriptors, frames, drops, reconnects and /healthz latency into a CSV and a PNG.
+#[derive(Args)]
+pub struct SoakArgs {
+    /// File cameras besides the RTSP one.
+    #[arg(long, default_value_t = 3)]
+    pub cameras: usize,
+    #[arg(long, default_value = "tests/fixtures/video_01.mp4")]
+    pub clip: PathBuf,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 600.0)]
+    pub duration: f64,
+    /// Seconds between restarts of the RTSP server.
+    #[arg(long, default_value_t = 20.0)]
+    pub restart_every: f64,
+    /// API requests per second (mostly reads, one recognize in ten).
+    #[arg(long, default_value_t = 20.0)]
+    pub api_rps: f64,
+    /// Event-stream clients that never read.
+    #[arg(long, default_value_t = 10)]
+    pub sse_clients: usize,
+    /// Seconds between samples.
+    #[arg(long, default_value_t = 2.0)]
+    pub sample_every: f64,
+    /// Folder for soak.csv, soak.png and the run's gallery store.
+    #[arg(long, default_value = "target/soak")]
+    pub out: PathBuf,
+}
+
+pub fn cmd_soak(cfg: &Config, a: SoakArgs) -> Result<ExitCode> {
+    let opts = facestream::soak::SoakOptions {
+        file_cameras: a.cameras,
+        clip: a.clip,
+        duration: a.duration,
+        restart_every: a.restart_every,
+        api_rps: a.api_rps,
+        sse_clients: a.sse_clients,
+        sample_every: a.sample_every,
+        out_dir: a.out,
+    };
+    eprintln!("soak: {} file camera(s) + 1 RTSP camera restarted every {} s, {} API req/s, {} silent SSE clients, {} s", opts.file_cameras, opts.restart_every, opts.api_rps, opts.sse_clients, opts.duration);
+    let summary = facestream::soak::run(cfg, &opts, |s| {
+        eprintln!("  t={:>6.0}s RSS {:>6.1} MB threads {:>3} fds {:>4} frames {:>7} drops {:>6} reconnects {:>3} /healthz {:.1} ms", s.t_s, s.rss_mb, s.threads, s.fds, s.frames, s.drops, s.reconnects, s.healthz_ms)
+    })?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(ExitCode::SUCCESS)
+}

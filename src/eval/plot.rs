@@ -60,3 +60,34 @@ pub fn dir_far(path: &Path, title: &str, series: &[(String, Vec<(f64, f64)>)]) -
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
+
+/// Draws `series` (name, points (x, y)) with linear axes into a PNG at `path`.
+pub fn lines(path: &Path, title: &str, x_desc: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<(), PlotError> {
+    register_font()?;
+    let err = |e: &dyn std::fmt::Display| PlotError::Draw { path: path.to_path_buf(), reason: e.to_string() };
+    let xs = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
+    let ys = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1));
+    let x_max = xs.fold(1.0f64, f64::max);
+    let y_max = ys.fold(1.0f64, f64::max) * 1.1;
+    let root = BitMapBackend::new(path, (960, 640)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0f64..x_max, 0.0f64..y_max)
+        .map_err(|e| err(&e))?;
+    chart.configure_mesh().x_desc(x_desc).draw().map_err(|e| err(&e))?;
+    for (i, (name, points)) in series.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(2)));
+    }
+    chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.9)).border_style(BLACK).draw().map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
