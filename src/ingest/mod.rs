@@ -431,8 +431,27 @@ fn run_pipeline(
             }
         }
     })();
-    let _ = pipeline.set_state(gst::State::Null);
+    teardown(pipeline, camera);
     end
+}
+
+/// Longest a pipeline's change to NULL may take before the camera goes on without it.
+const TEARDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// Stops a pipeline on a helper thread: GStreamer's change to NULL can block for good (seen in the
+/// soak: an RTSP source stuck in gst_pad_stop_task after its server restarted), and a camera must
+/// not hang with it. A pipeline that does not stop in time is abandoned (its thread and memory
+/// stay; counted in facestream_camera_teardown_stuck_total) and the camera reconnects.
+fn teardown(pipeline: gst::Pipeline, camera: &Arc<str>) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let spawned = std::thread::Builder::new().name(format!("teardown-{camera}")).spawn(move || {
+        let _ = pipeline.set_state(gst::State::Null);
+        let _ = tx.send(());
+    });
+    if spawned.is_err() || rx.recv_timeout(TEARDOWN_WAIT).is_err() {
+        crate::telemetry::metrics().camera_teardown_stuck.with_label_values(&[camera]).inc();
+        tracing::error!(camera = %camera, "the GStreamer pipeline did not stop within 5 s; abandoned, reconnecting with a new one");
+    }
 }
 
 fn bus_error(bus: &gst::Bus) -> Option<String> {

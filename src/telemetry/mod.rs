@@ -33,6 +33,7 @@ pub const QUEUE_DROPPED: &str = "facestream_queue_dropped_total";
 pub const BUS_DROPPED: &str = "facestream_bus_dropped_total";
 pub const DECIDED_FEEDBACK_DROPPED: &str = "facestream_decided_feedback_dropped_total";
 pub const CAMERA_STALLS: &str = "facestream_camera_stalls_total";
+pub const CAMERA_TEARDOWN_STUCK: &str = "facestream_camera_teardown_stuck_total";
 pub const HTTP_CONNECTIONS: &str = "facestream_http_connections_total";
 pub const HTTP_REJECTED: &str = "facestream_http_rejected_total";
 
@@ -66,6 +67,7 @@ pub struct Metrics {
     pub http_connections: IntCounterVec,
     pub http_rejected: IntCounterVec,
     pub camera_stalls: IntCounterVec,
+    pub camera_teardown_stuck: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -140,6 +142,7 @@ impl Metrics {
             batch_size,
             build_info: gauge(&r, BUILD_INFO, "Build and runtime facts", &["version", "detector", "embedder", "provider", "threshold", "threshold_source"]),
             queue_dropped: counter(&r, QUEUE_DROPPED, "Items a stage queue dropped by its when-full policy (track, batch, identify, decided feedback)", &["queue"]),
+            camera_teardown_stuck: counter(&r, CAMERA_TEARDOWN_STUCK, "Camera pipelines abandoned because their change to NULL did not finish within 5 s", &["camera"]),
             camera_stalls: counter(&r, CAMERA_STALLS, "Live sources reconnected because no frame came for camera.stall_timeout_s", &["camera"]),
             http_connections: counter(&r, HTTP_CONNECTIONS, "HTTP connections by outcome (accepted; over_limit: served with a 1 s header timeout; accept_error)", &["outcome"]),
             http_rejected: counter(&r, HTTP_REJECTED, "API requests refused by a limit (busy: 503; too_large: image over the pixel budget)", &["reason"]),
