@@ -20,6 +20,12 @@ pub enum DatasetError {
     Line { path: PathBuf, line: usize, text: String },
 }
 
+/// FNV-1a over bytes, started from `seed`: a hash that is the same on every run and machine (for
+/// splitting identities, naming cache files, checking cached paths).
+pub fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
 /// Reads an identities file.
 pub fn read_identities(file: &Path) -> Result<Vec<Labelled>, DatasetError> {
     let text = std::fs::read_to_string(file).map_err(|error| DatasetError::Read { path: file.to_path_buf(), error })?;

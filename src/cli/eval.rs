@@ -122,7 +122,7 @@ fn default_cache(identities: &Path, flip: bool) -> PathBuf {
         std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".cache/facestream")
     });
     let abs = std::fs::canonicalize(identities).unwrap_or_else(|_| identities.to_path_buf());
-    let h = abs.to_string_lossy().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let h = facestream::dataset::fnv1a(abs.to_string_lossy().as_bytes(), 0);
     base.join("embeddings").join(format!("{h:016x}{}.bin", if flip { "-flip" } else { "" }))
 }
 

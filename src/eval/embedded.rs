@@ -51,8 +51,7 @@ fn embed_one(a: &mut Analyzer, path: &Path, pick: Pick) -> Option<Embedding> {
 }
 
 fn path_hash(p: &Path) -> u64 {
-    // FNV-1a over the path's bytes: stable across runs and machines.
-    p.to_string_lossy().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    crate::dataset::fnv1a(p.to_string_lossy().as_bytes(), 0)
 }
 
 const MAGIC: &[u8; 8] = b"FSEMB001";

@@ -34,7 +34,7 @@ impl Split {
 
 /// The half an identity falls in (a seeded hash of its name: stable across runs and machines).
 pub fn split_of(identity: &str, seed: u64) -> Split {
-    let h = identity.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15), |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let h = crate::dataset::fnv1a(identity.as_bytes(), seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     if (h >> 17) & 1 == 0 { Split::Calibration } else { Split::Report }
 }
 
