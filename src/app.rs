@@ -35,6 +35,8 @@ pub enum AppError {
     Http(#[from] HttpError),
     #[error(transparent)]
     Topology(#[from] TopologyError),
+    #[error(transparent)]
+    Gate(#[from] crate::gate::GateError),
     #[error("cannot start the housekeeping thread: {0}")]
     Thread(std::io::Error),
 }
@@ -91,7 +93,11 @@ impl App {
     }
 
     /// Starts on a shared gallery; `api` (the store and an analyzer) serves the gallery API.
-    pub fn start_on(cfg: &Config, gallery: SharedGallery, api: Option<(Store, Analyzer)>, opts: AppOptions) -> Result<App, AppError> {
+    pub fn start_on(cfg: &Config, gallery: SharedGallery, api: Option<(Store, Analyzer)>, mut opts: AppOptions) -> Result<App, AppError> {
+        let persons = gallery.read().map(|g| g.len()).unwrap_or(0);
+        if let Some(gates) = crate::gate::Gates::from_config(cfg, persons)? {
+            opts.apps.push(gates.subscription());
+        }
         let state = AppState::new(gallery.clone(), cfg.http.sse_buffer);
         let server = if opts.http && cfg.http.enabled {
             // The API shares the gallery with the cameras: an enrollment is searchable at once.

@@ -13,6 +13,7 @@ pub mod embed;
 pub mod eval;
 pub mod events;
 pub mod gallery;
+pub mod gate;
 pub mod http;
 pub mod identify;
 pub mod image;

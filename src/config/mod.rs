@@ -34,6 +34,10 @@ pub struct Config {
     pub events: EventsConfig,
     pub http: http::HttpConfig,
     pub cameras: Vec<CameraConfig>,
+    /// Access-control gates (see `config/examples/gate.toml`).
+    pub gates: Vec<crate::gate::GateConfig>,
+    /// The gates' audit log.
+    pub gate_log: crate::gate::GateLogConfig,
     /// Folder that relative paths in the file resolve against (the file's folder; the current
     /// folder for the embedded default).
     #[serde(skip)]
@@ -142,6 +146,9 @@ impl Config {
         add("batch", self.batch.problems());
         let ev = &self.events;
         let mut evp = Vec::new();
+        if let Some((_, m)) = crate::events::sinks::kinds_problem(&ev.stdout_events) {
+            evp.push(("stdout_events".to_string(), m));
+        }
         if ev.file_keep > 1000 {
             evp.push(("file_keep".to_string(), format!("must be at most 1000 rotated files, got {}", ev.file_keep)));
         }
@@ -173,6 +180,15 @@ impl Config {
                 add("pipeline", vec![(key.into(), format!("must be 1..={max}, got {v}"))]);
             }
         }
+        let camera_ids: Vec<&str> = self.cameras.iter().map(|c| c.id.as_str()).collect();
+        let mut gate_ids = std::collections::HashSet::new();
+        for (i, g) in self.gates.iter().enumerate() {
+            add(&format!("gates[{i}]"), g.problems(&camera_ids));
+            if !gate_ids.insert(g.id.as_str()) {
+                add(&format!("gates[{i}]"), vec![("id".into(), format!("`{}` is used by another gate", g.id))]);
+            }
+        }
+        add("gate_log", self.gate_log.problems());
         let mut seen = std::collections::HashSet::new();
         for (i, cam) in self.cameras.iter().enumerate() {
             add(&format!("cameras[{i}]"), cam.problems());

@@ -39,12 +39,34 @@ pub struct CameraInput {
     /// Offset of this camera's full detections in the `full_every` cycle, so that the cameras'
     /// expensive frames do not all fall on the same moment.
     phase: u64,
+    /// Served before the other cameras when several have frames waiting (a gate's camera).
+    priority: bool,
 }
 
 impl CameraInput {
     /// The input of one camera; `phase` staggers the cameras' full detections.
     pub fn new(camera: Arc<str>, rx: Receiver<FrameMsg>, phase: u64) -> Self {
-        Self { camera, rx, next_ticket: Mutex::new(0), recent: Mutex::new(Recent::default()), recent_changed: Condvar::new(), phase }
+        Self { camera, rx, next_ticket: Mutex::new(0), recent: Mutex::new(Recent::default()), recent_changed: Condvar::new(), phase, priority: false }
+    }
+
+    /// Marks the camera as served first (gates: a crowded monitoring setup never delays the door).
+    pub fn with_priority(mut self, priority: bool) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Takes the next message and numbers it; `Err` when the camera is gone and drained.
+    fn take(&self) -> Result<Option<(FrameMsg, u64)>, ()> {
+        let mut next = self.next_ticket.lock().unwrap_or_else(|p| p.into_inner());
+        match self.rx.try_recv() {
+            Ok(msg) => {
+                let t = *next;
+                *next += 1;
+                Ok(Some((msg, t)))
+            }
+            Err(crossbeam_channel::TryRecvError::Empty) => Ok(None),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => Err(()),
+        }
     }
 }
 
@@ -95,28 +117,28 @@ pub fn detect_worker(det: &mut Mtcnn, inputs: &[CameraInput], mut out: impl Outl
     let every = u64::from(det.config().full_every.max(1));
     let mut alive: Vec<usize> = (0..inputs.len()).collect();
     while !alive.is_empty() {
-        let mut sel = Select::new();
-        for &i in &alive {
-            sel.recv(&inputs[i].rx);
-        }
-        // Ready among the cameras is picked at random: no camera starves the others.
-        let k = sel.ready();
+        // Priority cameras (gates) with a frame waiting go first.
+        let urgent = alive.iter().position(|&i| inputs[i].priority && !inputs[i].rx.is_empty());
+        let k = match urgent {
+            Some(k) => k,
+            None => {
+                let mut sel = Select::new();
+                for &i in &alive {
+                    sel.recv(&inputs[i].rx);
+                }
+                // Ready among the cameras is picked at random: no camera starves the others.
+                sel.ready()
+            }
+        };
         let input = &inputs[alive[k]];
-        let (msg, ticket) = {
-            let mut next = input.next_ticket.lock().unwrap_or_else(|p| p.into_inner());
-            match input.rx.try_recv() {
-                Ok(msg) => {
-                    let t = *next;
-                    *next += 1;
-                    (msg, t)
-                }
-                // Another worker took it first.
-                Err(crossbeam_channel::TryRecvError::Empty) => continue,
-                // The camera thread is gone and its queue is drained.
-                Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                    alive.swap_remove(k);
-                    continue;
-                }
+        let (msg, ticket) = match input.take() {
+            Ok(Some(m)) => m,
+            // Another worker took it first.
+            Ok(None) => continue,
+            // The camera thread is gone and its queue is drained.
+            Err(()) => {
+                alive.swap_remove(k);
+                continue;
             }
         };
         let result = match msg {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 
 use super::batcher::{BatchConfig, Batcher};
 use super::{EmbedError, Embedder, Embedding};
@@ -31,31 +31,61 @@ pub struct Embedded {
     pub embedding: Result<Embedding, Arc<EmbedError>>,
 }
 
-/// Groups requests into batches; ends (after a last flush) when its input closes.
-pub fn batch_stage(cfg: BatchConfig, rx: Receiver<EmbedRequest>, tx: Tx<Vec<EmbedRequest>>) {
+/// Groups requests into batches; ends (after a last flush) when its inputs close. A request from
+/// `priority` (observed cameras: gates) is taken first and sends its batch at once, without
+/// waiting for `max_wait`.
+pub fn batch_stage(cfg: BatchConfig, rx: Receiver<EmbedRequest>, priority: Receiver<EmbedRequest>, tx: Tx<Vec<EmbedRequest>>) {
     let mut b = Batcher::new(cfg);
-    loop {
+    let (mut open, mut prio_open) = (true, true);
+    while open || prio_open {
         let now = Instant::now();
         let wait = b.wait_time(now).unwrap_or(Duration::from_secs(3600));
-        match rx.recv_timeout(wait) {
-            Ok(req) => {
-                if let Some(batch) = b.push(req, Instant::now())
-                    && tx.push(batch).is_err() {
-                        return;
-                    }
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                if let Some(batch) = b.flush() {
-                    let _ = tx.push(batch);
+        // Waiting priority requests go first, whatever else is ready.
+        let mut urgent = false;
+        while prio_open {
+            match priority.try_recv() {
+                Ok(req) => {
+                    urgent = true;
+                    if let Some(batch) = b.push(req, Instant::now())
+                        && tx.push(batch).is_err() {
+                            return;
+                        }
                 }
-                return;
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => prio_open = false,
             }
+        }
+        if urgent {
+            if let Some(batch) = b.flush()
+                && tx.push(batch).is_err() {
+                    return;
+                }
+            continue;
+        }
+        let mut sel = crossbeam_channel::Select::new();
+        let normal = open.then(|| sel.recv(&rx));
+        let prio = prio_open.then(|| sel.recv(&priority));
+        match sel.ready_timeout(wait) {
+            Ok(i) if Some(i) == prio => continue,
+            Ok(i) if Some(i) == normal => match rx.try_recv() {
+                Ok(req) => {
+                    if let Some(batch) = b.push(req, Instant::now())
+                        && tx.push(batch).is_err() {
+                            return;
+                        }
+                }
+                Err(crossbeam_channel::TryRecvError::Empty) => {}
+                Err(crossbeam_channel::TryRecvError::Disconnected) => open = false,
+            },
+            _ => {}
         }
         if let Some(batch) = b.poll(Instant::now())
             && tx.push(batch).is_err() {
                 return;
             }
+    }
+    if let Some(batch) = b.flush() {
+        let _ = tx.push(batch);
     }
 }
 

@@ -10,10 +10,12 @@ use crate::identify::TrackUpdate;
 use crate::queue::PushError;
 use crate::telemetry::metrics;
 
-/// The event for one update; `None` for camera states when they are not wanted.
+/// The event for one update; `None` for camera states when they are not wanted and for the
+/// observed cameras' per-frame and per-embedding updates (they are for applications).
 pub fn to_event(update: &TrackUpdate, camera_states: bool) -> Option<Event> {
     let track_id = |camera: &str, id: u64| format!("{camera}-{id}");
     Some(match update {
+        TrackUpdate::Seen(_) | TrackUpdate::Matched(_) => return None,
         TrackUpdate::Camera { camera, state, error } => {
             if !camera_states {
                 return None;
@@ -55,16 +57,38 @@ pub fn to_event(update: &TrackUpdate, camera_states: bool) -> Option<Event> {
     })
 }
 
-/// Delivers every update to every sink until the bus closes.
-pub fn run(rx: Receiver<TrackUpdate>, mut sinks: Vec<Box<dyn EventSink>>, camera_states: bool) {
+/// Delivers every update, and every event the applications raise (gate decisions, ...), to
+/// every sink until the bus and every application have closed.
+pub fn run(rx: Receiver<TrackUpdate>, app_events: Receiver<Event>, mut sinks: Vec<Box<dyn EventSink>>, camera_states: bool) {
     let m = metrics();
-    for update in rx {
-        let Some(event) = to_event(&update, camera_states) else { continue };
+    let mut deliver = |event: &Event| {
         for s in sinks.iter_mut() {
-            match s.send(&event) {
+            match s.send(event) {
                 Ok(()) => m.events_sent.with_label_values(&[s.name()]).inc(),
                 Err(SendError::Queue(PushError::Full)) if s.counts_own_drops() => {}
                 Err(e) => m.events_failed.with_label_values(&[s.name(), e.reason()]).inc(),
+            }
+        }
+    };
+    let (mut bus_open, mut apps_open) = (true, true);
+    while bus_open || apps_open {
+        let mut sel = crossbeam_channel::Select::new();
+        let bus_op = bus_open.then(|| sel.recv(&rx));
+        let apps_op = apps_open.then(|| sel.recv(&app_events));
+        let op = sel.select();
+        if Some(op.index()) == bus_op {
+            match op.recv(&rx) {
+                Ok(update) => {
+                    if let Some(event) = to_event(&update, camera_states) {
+                        deliver(&event);
+                    }
+                }
+                Err(_) => bus_open = false,
+            }
+        } else if Some(op.index()) == apps_op {
+            match op.recv(&app_events) {
+                Ok(event) => deliver(&event),
+                Err(_) => apps_open = false,
             }
         }
     }

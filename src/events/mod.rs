@@ -56,6 +56,26 @@ pub enum EventBody {
     },
     /// The camera changed state (connecting, streaming, backoff, failed, ended, stopped).
     CameraState { state: String, error: Option<String> },
+    /// An access-control gate decided (see `gate`): granted, or denied with a reason.
+    GateDecision {
+        gate: String,
+        track_id: String,
+        /// "granted" or "denied".
+        outcome: String,
+        /// For denied: unknown, not_allowed, schedule, liveness, tailgating.
+        reason: Option<String>,
+        person: Option<String>,
+        person_id: Option<u64>,
+        /// Two or more faces were in the zone at the decision.
+        tailgating: bool,
+        /// Seconds from the first frame in which the face counted at the gate to the decision.
+        latency_s: f64,
+        /// Distances, votes, liveness scores.
+        evidence: serde_json::Value,
+        /// The audit log entry (`/api/gates/{gate}/log`), when the log is on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        log_id: Option<i64>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -78,6 +98,7 @@ impl Event {
             EventBody::Identified { .. } => "identified",
             EventBody::TrackEnded { .. } => "track_ended",
             EventBody::CameraState { .. } => "camera_state",
+            EventBody::GateDecision { .. } => "gate_decision",
         }
     }
 
@@ -96,6 +117,8 @@ pub fn rfc3339(t: SystemTime) -> String {
 pub struct EventsConfig {
     /// Print events as JSON lines on standard output.
     pub stdout: bool,
+    /// Kinds printed on standard output (empty: every kind), e.g. ["gate_decision"].
+    pub stdout_events: Vec<String>,
     /// Append events as JSON lines to this file (flushed per event).
     pub file: Option<PathBuf>,
     /// Rotate the event file when it grows past this many bytes (0 = never).
@@ -115,7 +138,7 @@ pub struct EventsConfig {
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        Self { stdout: true, file: None, file_max_bytes: 0, file_keep: 5, camera_states: true, webhook: None, mqtt: None, queue: 4096 }
+        Self { stdout: true, stdout_events: Vec::new(), file: None, file_max_bytes: 0, file_keep: 5, camera_states: true, webhook: None, mqtt: None, queue: 4096 }
     }
 }
 
@@ -125,6 +148,8 @@ pub struct JsonLines {
     name: &'static str,
     out: Box<dyn Write + Send>,
     rotate: Option<Rotation>,
+    /// Kinds written (empty: all).
+    kinds: Vec<String>,
 }
 
 struct Rotation {
@@ -178,6 +203,9 @@ impl EventSink for JsonLines {
         JsonLines::name(self)
     }
     fn send(&mut self, event: &Event) -> Result<(), SendError> {
+        if !self.kinds.is_empty() && !self.kinds.iter().any(|k| k == event.kind()) {
+            return Ok(());
+        }
         Ok(self.write(&event.to_json())?)
     }
 }
@@ -217,7 +245,13 @@ fn open_append(path: &Path) -> Result<(std::fs::File, u64), SinkError> {
 
 impl JsonLines {
     pub fn stdout() -> Self {
-        Self { name: "stdout", out: Box::new(std::io::stdout()), rotate: None }
+        Self { name: "stdout", out: Box::new(std::io::stdout()), rotate: None, kinds: Vec::new() }
+    }
+
+    /// Writes only events of these kinds (empty: all).
+    pub fn only(mut self, kinds: Vec<String>) -> Self {
+        self.kinds = kinds;
+        self
     }
 
     pub fn file(path: &Path) -> Result<Self, SinkError> {
@@ -229,7 +263,7 @@ impl JsonLines {
     pub fn rotating(path: &Path, max_bytes: u64, keep: u32) -> Result<Self, SinkError> {
         let (f, written) = open_append(path)?;
         let rotate = (max_bytes > 0).then(|| Rotation { path: path.to_path_buf(), max_bytes, keep: keep.max(1), written });
-        Ok(Self { name: "file", out: Box::new(f), rotate })
+        Ok(Self { name: "file", out: Box::new(f), rotate, kinds: Vec::new() })
     }
 
     pub fn name(&self) -> &'static str {

@@ -571,6 +571,9 @@ pub struct GalleryConfig {
 pub struct PersonPhotos {
     pub name: String,
     pub images: Vec<PathBuf>,
+    /// Groups for access-control gates (`allow_groups`).
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 impl GalleryConfig {

@@ -63,6 +63,11 @@ pub struct ExportPerson {
     pub samples: Vec<SampleRow>,
 }
 
+/// A person's groups from their metadata (`{"groups": ["staff", ...]}`).
+pub fn groups_of(metadata: &serde_json::Value) -> Vec<String> {
+    metadata.get("groups").and_then(|g| g.as_array()).map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default()
+}
+
 pub struct Store {
     conn: Connection,
     pub path: PathBuf,
@@ -206,6 +211,22 @@ impl Store {
         tx.execute("UPDATE persons SET updated = ?1 WHERE id = ?2", params![t, pid as i64])?;
         tx.commit()?;
         Ok(pid)
+    }
+
+    /// Replaces a person's `groups` (in their metadata; other metadata keys are kept); false when
+    /// there is no such person.
+    pub fn set_groups(&mut self, id: u64, groups: &[String]) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let meta: Option<String> = tx.query_row("SELECT metadata FROM persons WHERE id = ?1", params![id as i64], |r| r.get(0)).optional()?;
+        let Some(meta) = meta else { return Ok(false) };
+        let mut value: serde_json::Value = serde_json::from_str(&meta).unwrap_or_else(|_| serde_json::json!({}));
+        if !value.is_object() {
+            value = serde_json::json!({});
+        }
+        value["groups"] = serde_json::json!(groups);
+        tx.execute("UPDATE persons SET metadata = ?1, updated = ?2 WHERE id = ?3", params![value.to_string(), now() as i64, id as i64])?;
+        tx.commit()?;
+        Ok(true)
     }
 
     pub fn remove_person(&mut self, id: u64) -> Result<bool, StoreError> {

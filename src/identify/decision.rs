@@ -4,10 +4,12 @@
 //! subscribe to these and never reach into a stage.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
-use crate::detect::BBox;
+use crate::detect::{BBox, Face};
 use crate::embed::Embedding;
+use crate::gallery::Match;
+use crate::image::RgbImage;
 use crate::ingest::CameraState;
 
 /// One message on the decisions bus (cheap to clone: the big parts are shared).
@@ -16,6 +18,12 @@ pub enum TrackUpdate {
     Started(Arc<TrackStart>),
     Decided(Arc<TrackDecision>),
     Ended(Arc<TrackEnd>),
+    /// Observed cameras only (those a gate watches): the track's face in one frame, from its
+    /// first (still tentative) frame on, with the frame itself.
+    Seen(Arc<TrackSeen>),
+    /// Observed cameras only: one embedding of the track and its nearest persons (before the
+    /// track's vote), so an application can apply a stricter rule of its own.
+    Matched(Arc<TrackMatch>),
     Camera { camera: Arc<str>, state: CameraState, error: Option<String> },
 }
 
@@ -26,6 +34,33 @@ pub struct TrackStart {
     pub bbox: BBox,
     pub score: f32,
     pub at: SystemTime,
+}
+
+/// A track's face in one frame of an observed camera.
+#[derive(Clone, Debug)]
+pub struct TrackSeen {
+    pub camera: Arc<str>,
+    pub track: u64,
+    pub face: Face,
+    /// The whole frame (shared, not copied).
+    pub frame: Arc<RgbImage>,
+    pub at: SystemTime,
+    pub captured_instant: Instant,
+    /// Faces the detector found in this frame (all tracks, for crowding rules).
+    pub faces_in_frame: usize,
+}
+
+/// One embedding of a track on an observed camera, looked up in the gallery on its own.
+#[derive(Clone, Debug)]
+pub struct TrackMatch {
+    pub camera: Arc<str>,
+    pub track: u64,
+    pub bbox: BBox,
+    pub quality: f32,
+    pub captured_instant: Instant,
+    /// The two nearest persons for this embedding alone, nearest first.
+    pub matches: Vec<Match>,
+    pub crop: Arc<FaceCrop>,
 }
 
 /// A face crop as the embedder saw it (aligned, `CROP_SIDE` square, packed RGB).
@@ -78,6 +113,8 @@ impl TrackUpdate {
             TrackUpdate::Started(s) => &s.camera,
             TrackUpdate::Decided(d) => &d.camera,
             TrackUpdate::Ended(e) => &e.camera,
+            TrackUpdate::Seen(s) => &s.camera,
+            TrackUpdate::Matched(m) => &m.camera,
             TrackUpdate::Camera { camera, .. } => camera,
         }
     }

@@ -3,7 +3,7 @@
 //! bus. Decided tracks are reported back to the track stage (a message, not shared state) so it
 //! stops spending embeddings on them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -47,7 +47,9 @@ struct Ended {
 }
 
 /// The stage loop; ends when every producer has gone, finishing the tracks still open.
-pub fn identify_stage(cfg: IdentifyConfig, point: OperatingPoint, gallery: SharedGallery, rx: Receiver<IdentifyMsg>, mut bus: Bus<TrackUpdate>, mut decided: impl Outlet<(Arc<str>, u64)>) {
+/// Embeddings of `observed` cameras are also published one by one with their own nearest persons
+/// ([`TrackUpdate::Matched`]), and their per-frame notes as [`TrackUpdate::Seen`].
+pub fn identify_stage(cfg: IdentifyConfig, point: OperatingPoint, gallery: SharedGallery, observed: Arc<HashSet<Arc<str>>>, rx: Receiver<IdentifyMsg>, mut bus: Bus<TrackUpdate>, mut decided: impl Outlet<(Arc<str>, u64)>) {
     let mut tracks: HashMap<(Arc<str>, u64), TrackState> = HashMap::new();
     for msg in rx {
         match msg {
@@ -57,6 +59,7 @@ pub fn identify_stage(cfg: IdentifyConfig, point: OperatingPoint, gallery: Share
                 tracks.insert((camera.clone(), track), st);
                 bus.publish(&TrackUpdate::Started(Arc::new(TrackStart { camera, track, bbox, score, at })));
             }
+            IdentifyMsg::Track(TrackNote::Seen(seen)) => bus.publish(&TrackUpdate::Seen(Arc::new(seen))),
             IdentifyMsg::Track(TrackNote::Ended { camera, track, first_seen, last_seen, frames, requested }) => {
                 let key = (camera, track);
                 if let Some(st) = tracks.get_mut(&key) {
@@ -72,7 +75,8 @@ pub fn identify_stage(cfg: IdentifyConfig, point: OperatingPoint, gallery: Share
                 let key = (e.request.camera.clone(), e.request.track);
                 let Some(st) = tracks.get_mut(&key) else { continue };
                 st.received += 1;
-                if let Some(d) = identify_one(&cfg, &point, &gallery, st, e) {
+                let observe = observed.contains(&key.0);
+                if let Some(d) = identify_one(&cfg, &point, &gallery, st, e, observe.then_some(&mut bus)) {
                     decided.put(key.clone());
                     bus.publish(&TrackUpdate::Decided(Arc::new(d)));
                 }
@@ -98,7 +102,7 @@ pub fn identify_stage(cfg: IdentifyConfig, point: OperatingPoint, gallery: Share
 
 /// Searches the gallery for one embedding and adds it to the track's vote; the decision when
 /// the vote reached (or changed) one.
-fn identify_one(cfg: &IdentifyConfig, point: &OperatingPoint, gallery: &SharedGallery, st: &mut TrackState, e: Embedded) -> Option<TrackDecision> {
+fn identify_one(cfg: &IdentifyConfig, point: &OperatingPoint, gallery: &SharedGallery, st: &mut TrackState, e: Embedded, observe: Option<&mut Bus<TrackUpdate>>) -> Option<TrackDecision> {
     let m = metrics();
     let Embedded { request: r, embedding } = e;
     let embedding = embedding.ok()?;
@@ -106,6 +110,20 @@ fn identify_one(cfg: &IdentifyConfig, point: &OperatingPoint, gallery: &SharedGa
         st.best_crop = Some(Arc::new(FaceCrop { rgb: r.crop.clone(), side: CROP_SIDE as u32, quality: r.quality }));
     }
     st.embeddings.push(embedding.clone());
+    if let Some(bus) = observe {
+        // The embedding on its own, for applications with a rule of their own (gates).
+        let matches = gallery.read().map(|g| g.search(&embedding, 2)).unwrap_or_default();
+        let crop = Arc::new(FaceCrop { rgb: r.crop.clone(), side: CROP_SIDE as u32, quality: r.quality });
+        bus.publish(&TrackUpdate::Matched(Arc::new(super::decision::TrackMatch {
+            camera: r.camera.clone(),
+            track: r.track,
+            bbox: r.bbox,
+            quality: r.quality,
+            captured_instant: r.captured_instant,
+            matches,
+            crop,
+        })));
+    }
     if r.quality < cfg.quality_floor {
         // Too small, blurred or turned away to vote; kept with the track for the applications.
         return None;

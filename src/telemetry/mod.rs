@@ -36,6 +36,9 @@ pub const CAMERA_STALLS: &str = "facestream_camera_stalls_total";
 pub const CAMERA_TEARDOWN_STUCK: &str = "facestream_camera_teardown_stuck_total";
 pub const HTTP_CONNECTIONS: &str = "facestream_http_connections_total";
 pub const HTTP_REJECTED: &str = "facestream_http_rejected_total";
+pub const GATE_DECISIONS: &str = "facestream_gate_decisions_total";
+pub const GATE_DECISION_SECONDS: &str = "facestream_gate_decision_seconds";
+pub const GATE_COMMANDS: &str = "facestream_gate_commands_total";
 
 pub struct Metrics {
     pub registry: Registry,
@@ -68,6 +71,9 @@ pub struct Metrics {
     pub http_rejected: IntCounterVec,
     pub camera_stalls: IntCounterVec,
     pub camera_teardown_stuck: IntCounterVec,
+    pub gate_decisions: IntCounterVec,
+    pub gate_latency: HistogramVec,
+    pub gate_commands: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -115,6 +121,12 @@ impl Metrics {
         let capture_to_embed = hist(CAPTURE_TO_EMBED_SECONDS, "From frame capture to the embedding of a face from it (batching included)");
         let stage_cpu_seconds = CounterVec::new(Opts::new(STAGE_CPU_SECONDS, "CPU time of the thread doing a stage's work (detect, embed): its cost apart from waiting for a core"), &["stage"]).expect("valid metric");
         r.register(Box::new(stage_cpu_seconds.clone())).expect("unique metric");
+        let gate_latency = HistogramVec::new(
+            HistogramOpts::new(GATE_DECISION_SECONDS, "From the first frame in which a face counted at the gate to the gate's decision").buckets(LATENCY_BUCKETS.to_vec()),
+            &["gate"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(gate_latency.clone())).expect("unique metric");
         let gallery_size = IntGauge::new(GALLERY_SIZE, "Persons in the gallery").expect("valid metric");
         r.register(Box::new(gallery_size.clone())).expect("unique metric");
         Self {
@@ -147,6 +159,9 @@ impl Metrics {
             http_connections: counter(&r, HTTP_CONNECTIONS, "HTTP connections by outcome (accepted; over_limit: served with a 1 s header timeout; accept_error)", &["outcome"]),
             http_rejected: counter(&r, HTTP_REJECTED, "API requests refused by a limit (busy: 503; too_large: image over the pixel budget)", &["reason"]),
             bus_dropped: counter(&r, BUS_DROPPED, "Track updates a decisions-bus subscriber lost because its queue was full", &["subscriber"]),
+            gate_decisions: counter(&r, GATE_DECISIONS, "Gate decisions by outcome (granted, denied, suppressed) and reason (unknown, not_allowed, schedule, liveness, tailgating, cooldown; none for granted)", &["gate", "outcome", "reason"]),
+            gate_latency,
+            gate_commands: counter(&r, GATE_COMMANDS, "Signed gate commands by channel (webhook, mqtt) and result (sent, failed, dropped)", &["gate", "channel", "result"]),
             registry: r,
         }
     }

@@ -12,7 +12,7 @@
 
 mod camera;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -33,6 +33,7 @@ use crate::infer::Runtime;
 use crate::ingest::{self, CameraState, CameraStatus};
 use crate::queue::{Bus, Tx, WhenFull, bounded};
 use crate::telemetry::metrics;
+pub use crate::track::stage::ObservePolicy;
 use crate::track::stage::{TrackNote, TrackOutputs, track_stage};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +58,19 @@ pub enum TopologyError {
 pub struct Subscription {
     pub name: &'static str,
     pub capacity: usize,
+    /// Cameras whose tracks the application needs frame by frame and embedding by embedding
+    /// ([`TrackUpdate::Seen`], [`TrackUpdate::Matched`]); their embedding requests and frames
+    /// are also served before the other cameras' when the CPU is short.
+    pub observe: Vec<(String, ObservePolicy)>,
     /// Runs on a thread of its own until the bus closes.
-    pub run: Box<dyn FnOnce(Receiver<TrackUpdate>) + Send>,
+    pub run: Box<dyn FnOnce(AppIo) + Send>,
+}
+
+/// What an application on the decisions bus gets: the updates, and a queue into the events
+/// application for events of its own (delivered to every sink; drop newest when full, counted).
+pub struct AppIo {
+    pub updates: Receiver<TrackUpdate>,
+    pub events: Tx<crate::events::Event>,
 }
 
 /// A running pipeline.
@@ -139,6 +151,7 @@ pub fn start_with(cfg: &Config, gallery: SharedGallery, extra_sinks: Vec<Box<dyn
     let q = |name: &str| m.queue_dropped.with_label_values(&[name]);
     let (track_tx, track_rx) = bounded::<Detection>(16, WhenFull::Block, q("track"));
     let (embed_tx, embed_rx) = bounded::<EmbedRequest>(cfg.pipeline.embed_queue, WhenFull::DropNewest, q("embed"));
+    let (embed_prio_tx, embed_prio_rx) = bounded::<EmbedRequest>(256, WhenFull::DropNewest, q("embed_priority"));
     let (batch_tx, batch_rx) = bounded::<Vec<EmbedRequest>>(cfg.pipeline.embed_workers * 2, WhenFull::Block, q("batch"));
     let (id_tx, id_rx) = bounded::<IdentifyMsg>(1024, WhenFull::Block, q("identify"));
     let (decided_tx, decided_rx) = bounded::<(Arc<str>, u64)>(1024, WhenFull::DropNewest, q("decided_feedback"));
@@ -146,14 +159,24 @@ pub fn start_with(cfg: &Config, gallery: SharedGallery, extra_sinks: Vec<Box<dyn
     // The decisions bus and its subscribers: the events application first, then the others.
     let mut bus = Bus::default();
     let events_rx = bus.subscribe("events", cfg.events.queue, m.bus_dropped.with_label_values(&["events"]));
+    let (app_events_tx, app_events_rx) = bounded::<crate::events::Event>(1024, WhenFull::DropNewest, q("app_events"));
     let camera_states = cfg.events.camera_states;
-    spawn(&mut threads, "events".into(), move || crate::events::dispatch::run(events_rx, sinks, camera_states))?;
-    for app in apps {
-        let rx = bus.subscribe(app.name, app.capacity, m.bus_dropped.with_label_values(&[app.name]));
-        spawn(&mut threads, format!("app-{}", app.name), move || (app.run)(rx))?;
+    spawn(&mut threads, "events".into(), move || crate::events::dispatch::run(events_rx, app_events_rx, sinks, camera_states))?;
+    let mut observed: HashMap<Arc<str>, ObservePolicy> = HashMap::new();
+    for (camera, policy) in apps.iter().flat_map(|a| a.observe.iter()) {
+        // Two applications watching one camera: the more demanding policy serves both.
+        let e = observed.entry(Arc::from(camera.as_str())).or_insert(*policy);
+        e.embed_interval = e.embed_interval.min(policy.embed_interval);
+        e.max_embeddings = e.max_embeddings.max(policy.max_embeddings);
     }
+    let observed_set: Arc<HashSet<Arc<str>>> = Arc::new(observed.keys().cloned().collect());
+    for app in apps {
+        let io = AppIo { updates: bus.subscribe(app.name, app.capacity, m.bus_dropped.with_label_values(&[app.name])), events: app_events_tx.clone() };
+        spawn(&mut threads, format!("app-{}", app.name), move || (app.run)(io))?;
+    }
+    drop(app_events_tx);
 
-    let (inputs, statuses) = start_cameras(cfg, &cams, &stop, &id_tx, &mut threads)?;
+    let (inputs, statuses) = start_cameras(cfg, &cams, &stop, &id_tx, &observed_set, &mut threads)?;
     let min_faces: Arc<HashMap<Arc<str>, f32>> = Arc::new(cams.iter().map(|c| (Arc::from(c.id.as_str()), c.min_face.unwrap_or(cfg.detect.min_face))).collect());
     let inputs = Arc::new(inputs);
     for (w, mut det) in detectors.into_iter().enumerate() {
@@ -167,35 +190,36 @@ pub fn start_with(cfg: &Config, gallery: SharedGallery, extra_sinks: Vec<Box<dyn
     drop((inputs, track_tx));
     let (tcfg, notes_tx, quality_floor) = (cfg.track.clone(), id_tx.clone(), cfg.identify.quality_floor);
     let notes = move |n: TrackNote| notes_tx.push(IdentifyMsg::Track(n)).is_ok();
-    spawn(&mut threads, "track".into(), move || track_stage(tcfg, track_rx, decided_rx, TrackOutputs { embed: embed_tx, notes, quality_floor }))?;
+    spawn(&mut threads, "track".into(), move || track_stage(tcfg, track_rx, decided_rx, TrackOutputs { embed: embed_tx, embed_priority: embed_prio_tx, observed, notes, quality_floor }))?;
     let bcfg = cfg.batch.clone();
-    spawn(&mut threads, "batcher".into(), move || batch_stage(bcfg, embed_rx, batch_tx))?;
+    spawn(&mut threads, "batcher".into(), move || batch_stage(bcfg, embed_rx, embed_prio_rx, batch_tx))?;
     for (w, mut emb) in embedders.into_iter().enumerate() {
         let (rx, tx, flip) = (batch_rx.clone(), id_tx.clone(), cfg.embed.flip_tracks);
         let out = move |e: Embedded| tx.push(IdentifyMsg::Embedded(e)).is_ok();
         spawn(&mut threads, format!("embed-{w}"), move || embed_worker(&mut emb, flip, rx, out))?;
     }
     drop((batch_rx, id_tx));
-    let (icfg, g) = (cfg.identify.clone(), gallery.clone());
+    let (icfg, g, obs) = (cfg.identify.clone(), gallery.clone(), observed_set.clone());
     // Lost feedback only means a few more embeddings for that track (counted).
     let feedback = move |key: (Arc<str>, u64)| {
         let _ = decided_tx.push(key);
         true
     };
-    spawn(&mut threads, "identify".into(), move || identify_stage(icfg, point, g, id_rx, bus, feedback))?;
+    spawn(&mut threads, "identify".into(), move || identify_stage(icfg, point, g, obs, id_rx, bus, feedback))?;
     Ok(Running { stop, threads, cameras: statuses, gallery, operating_point: point })
 }
 
 type CameraParts = (Vec<CameraInput>, Vec<Arc<Mutex<CameraStatus>>>);
 
 /// One thread and one queue per camera.
-fn start_cameras(cfg: &Config, cams: &[ingest::CameraConfig], stop: &Arc<AtomicBool>, notices: &Tx<IdentifyMsg>, threads: &mut Vec<(String, JoinHandle<()>)>) -> Result<CameraParts, TopologyError> {
+fn start_cameras(cfg: &Config, cams: &[ingest::CameraConfig], stop: &Arc<AtomicBool>, notices: &Tx<IdentifyMsg>, priority: &HashSet<Arc<str>>, threads: &mut Vec<(String, JoinHandle<()>)>) -> Result<CameraParts, TopologyError> {
     let mut inputs = Vec::new();
     let mut statuses = Vec::new();
     for (i, cam) in cams.iter().enumerate() {
         let id: Arc<str> = Arc::from(cam.id.as_str());
         let (queue, rx) = camera::CameraQueue::new(id.clone(), cfg.pipeline.camera_queue, stop.clone(), notices.clone());
-        inputs.push(CameraInput::new(id, rx, i as u64));
+        let urgent = priority.contains(&id);
+        inputs.push(CameraInput::new(id, rx, i as u64).with_priority(urgent));
         let status = Arc::new(Mutex::new(CameraStatus { id: cam.id.clone(), state: CameraState::Connecting, last_error: None, frames: 0, reconnects: 0, width: 0, height: 0 }));
         statuses.push(status.clone());
         let queue = Arc::new(queue);
@@ -236,7 +260,7 @@ fn precreate_series(cfg: &Config, sinks: &[Box<dyn EventSink>]) {
     for q in ["track", "embed"] {
         m.queue_depth.with_label_values(&[q]);
     }
-    for q in ["track", "embed", "batch", "identify", "decided_feedback"] {
+    for q in ["track", "embed", "embed_priority", "batch", "identify", "decided_feedback", "app_events"] {
         m.queue_dropped.with_label_values(&[q]);
     }
     m.bus_dropped.with_label_values(&["events"]);

@@ -22,6 +22,17 @@ pub enum TrackNote {
     Started { camera: Arc<str>, track: u64, bbox: BBox, score: f32, at: SystemTime },
     /// `requested`: embeddings queued for the track, so the identify stage waits for them.
     Ended { camera: Arc<str>, track: u64, first_seen: SystemTime, last_seen: SystemTime, frames: u64, requested: u32 },
+    /// Observed cameras only: a track's face in one frame (tentative tracks included, so an
+    /// application sees the very first frame of a face).
+    Seen(crate::identify::decision::TrackSeen),
+}
+
+/// How an observed camera (one a gate watches) is served: embeddings at a steady interval
+/// whatever the vote decided, up to `max_embeddings` per track, through the priority queue.
+#[derive(Clone, Copy, Debug)]
+pub struct ObservePolicy {
+    pub embed_interval: Duration,
+    pub max_embeddings: u32,
 }
 
 /// Per-track bookkeeping of the embedding policy.
@@ -49,6 +60,9 @@ struct CameraTracks {
 /// counted per camera), track starts and ends to the identify stage.
 pub struct TrackOutputs<N: Outlet<TrackNote>> {
     pub embed: Tx<EmbedRequest>,
+    /// The observed cameras' embedding requests (served first by the batcher).
+    pub embed_priority: Tx<EmbedRequest>,
+    pub observed: HashMap<Arc<str>, ObservePolicy>,
     pub notes: N,
     /// Faces below this quality are not embedded: they would never vote (`identify.quality_floor`).
     pub quality_floor: f32,
@@ -132,6 +146,22 @@ fn track_frame<N: Outlet<TrackNote>>(cfg: &TrackConfig, ct: &mut CameraTracks, c
     let decided_refresh = Duration::from_secs_f32(cfg.decided_refresh_seconds);
     let upd = ct.tracker.update(faces);
     m.frames_processed.with_label_values(&[camera]).inc();
+    let observe = out.observed.get(camera).copied();
+    if observe.is_some() {
+        let now = ct.tracker.frame();
+        for t in ct.tracker.tracks().iter().filter(|t| t.last_frame == now) {
+            let Some(face) = &t.face else { continue };
+            out.notes.put(TrackNote::Seen(crate::identify::decision::TrackSeen {
+                camera: camera.clone(),
+                track: t.id,
+                face: face.clone(),
+                frame: frame.image.clone(),
+                at: frame.captured_at,
+                captured_instant: frame.captured_instant,
+                faces_in_frame: faces.len(),
+            }));
+        }
+    }
     for id in &upd.confirmed {
         let Some(t) = ct.tracker.tracks().iter().find(|t| t.id == *id) else { continue };
         let Some(f) = &t.face else { continue };
@@ -147,13 +177,16 @@ fn track_frame<N: Outlet<TrackNote>>(cfg: &TrackConfig, ct: &mut CameraTracks, c
         let Some(info) = ct.info.get_mut(id) else { continue };
         info.frames += 1;
         info.last_seen = frame.captured_at;
-        if info.requested >= cfg.max_embeddings {
+        let max_embeddings = observe.map_or(cfg.max_embeddings, |o| o.max_embeddings);
+        if info.requested >= max_embeddings {
             continue;
         }
         let q = quality::geometric(face);
         let now = media_time(frame);
         let since_last = |t: Duration| now.saturating_sub(t);
-        let due = if info.decided {
+        let due = if let Some(o) = observe {
+            info.last_embed.is_none_or(|t| since_last(t) >= o.embed_interval)
+        } else if info.decided {
             info.last_embed.is_none_or(|t| since_last(t) >= decided_refresh)
         } else {
             info.requested == 0 || q > info.best_quality * cfg.quality_gain || info.last_embed.is_some_and(|t| since_last(t) >= refresh)
@@ -174,7 +207,8 @@ fn track_frame<N: Outlet<TrackNote>>(cfg: &TrackConfig, ct: &mut CameraTracks, c
         info.best_quality = info.best_quality.max(q);
         info.last_embed = Some(now);
         let req = EmbedRequest { camera: camera.clone(), track: *id, crop: crop.to_vec(), bbox: face.bbox, quality: q, captured_instant: frame.captured_instant };
-        match out.embed.push(req) {
+        let queue = if observe.is_some() { &out.embed_priority } else { &out.embed };
+        match queue.push(req) {
             Ok(()) => info.requested += 1,
             Err(PushError::Full) => m.embed_requests_dropped.with_label_values(&[camera]).inc(),
             Err(_) => return false,

@@ -25,6 +25,11 @@ type Builder = fn(&EventsConfig, &Path) -> Result<Option<Box<dyn EventSink>>, Si
 pub const REGISTRY: &[Builder] = &[stdout, file, webhook_sink, mqtt_sink];
 
 /// The sinks the config asks for.
+/// Checks a list of event kinds (for `events.stdout_events`).
+pub fn kinds_problem(events: &[String]) -> Option<(String, String)> {
+    check_kinds(events).err()
+}
+
 pub fn from_config(cfg: &EventsConfig, base: &Path) -> Result<Vec<Box<dyn EventSink>>, SinkError> {
     let mut out = Vec::new();
     for build in REGISTRY {
@@ -36,7 +41,7 @@ pub fn from_config(cfg: &EventsConfig, base: &Path) -> Result<Vec<Box<dyn EventS
 }
 
 fn stdout(cfg: &EventsConfig, _: &Path) -> Result<Option<Box<dyn EventSink>>, SinkError> {
-    Ok(cfg.stdout.then(|| Box::new(JsonLines::stdout()) as Box<dyn EventSink>))
+    Ok(cfg.stdout.then(|| Box::new(JsonLines::stdout().only(cfg.stdout_events.clone())) as Box<dyn EventSink>))
 }
 
 fn file(cfg: &EventsConfig, base: &Path) -> Result<Option<Box<dyn EventSink>>, SinkError> {
@@ -77,7 +82,7 @@ fn default_prefix() -> String {
     "facestream".into()
 }
 
-const KINDS: [&str; 4] = ["track_started", "identified", "track_ended", "camera_state"];
+const KINDS: [&str; 5] = ["track_started", "identified", "track_ended", "camera_state", "gate_decision"];
 
 fn check_kinds(events: &[String]) -> Result<(), (String, String)> {
     for e in events {
