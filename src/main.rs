@@ -129,6 +129,15 @@ enum Command {
     },
     BenchGallery(cli::bench::BenchGalleryArgs),
     Soak(cli::bench::SoakArgs),
+    /// Access-control gates: the audit log of their decisions.
+    Gates {
+        #[command(subcommand)]
+        action: GatesAction,
+    },
+    /// Reference receiver of signed gate commands (MQTT, webhook or stdin): checks the HMAC
+    /// signature, the timestamp and the nonce, prints each verdict as a JSON line and runs
+    /// --exec for accepted commands.
+    GateReceiver(cli::gates::ReceiverArgs),
     /// Serve a clip as an RTSP camera on 127.0.0.1 (try a setup without a camera); prints the URL.
     ServeRtsp {
         clip: PathBuf,
@@ -162,6 +171,19 @@ pub enum GalleryAction {
     Export { file: PathBuf },
     /// Add persons and samples from an export.
     Import { file: PathBuf },
+    /// Show or set a person's groups (for gates' allow_groups).
+    Groups {
+        name: String,
+        /// Replace the groups (comma separated; empty string: none).
+        #[arg(long, value_delimiter = ',')]
+        set: Option<Vec<String>>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum GatesAction {
+    /// Decisions, newest first, with person, reason and latency.
+    Log(cli::gates::LogArgs),
 }
 
 fn main() -> ExitCode {
@@ -183,7 +205,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     // `check` reports a bad config itself; every other command needs a valid one.
     let mut cfg = match cli.command {
-        Command::Check | Command::ServeRtsp { .. } => facestream::config::Config::default(),
+        Command::Check | Command::ServeRtsp { .. } | Command::GateReceiver(_) => facestream::config::Config::default(),
         _ => cli::load_config(cli.global.config.as_deref())?,
     };
     match cli.command {
@@ -218,6 +240,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let file = cli.global.config.clone().unwrap_or_else(|| PathBuf::from("<embedded config/default.toml>"));
             cli::run::cmd_run(&cfg, &file, duration)
         }
+        Command::Gates { action: GatesAction::Log(a) } => cli::gates::cmd_log(&cfg, a),
+        Command::GateReceiver(a) => cli::gates::cmd_receiver(a),
         Command::Check => cli::run::cmd_check(cli.global.config.as_deref()),
         Command::ServeRtsp { clip, port, mount } => cli::run::cmd_serve_rtsp(&clip, port, &mount),
     }

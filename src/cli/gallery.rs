@@ -144,6 +144,16 @@ pub fn cmd_gallery(cfg: &Config, action: crate::GalleryAction, store: Option<Pat
             std::fs::write(&file, serde_json::to_string(&data)?).with_context(|| format!("{}: cannot write", file.display()))?;
             eprintln!("exported {} persons to {}", data.persons.len(), file.display());
         }
+        crate::GalleryAction::Groups { name, set } => {
+            let p = store.person_by_name(&name)?.ok_or_else(|| facestream::gallery::store::StoreError::NoPerson(name.clone()))?;
+            if let Some(groups) = set {
+                let groups: Vec<String> = groups.into_iter().map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect();
+                store.set_groups(p.id, &groups)?;
+                eprintln!("{name}: groups set to [{}]", groups.join(", "));
+            }
+            let p = store.person(p.id)?.ok_or_else(|| facestream::gallery::store::StoreError::NoPerson(name.clone()))?;
+            println!("{}", json!({"name": p.name, "groups": facestream::gallery::store::groups_of(&p.metadata)}));
+        }
         crate::GalleryAction::Import { file } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("{}: cannot read", file.display()))?;
             let data: facestream::gallery::store::Export = serde_json::from_str(&text).with_context(|| format!("{}: not a facestream gallery export", file.display()))?;

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod eval;
 pub mod gallery;
+pub mod gates;
 pub mod photos;
 pub mod run;
 

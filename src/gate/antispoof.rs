@@ -290,7 +290,9 @@ mod tests {
         // A face box near the right edge: the square reaches past the image.
         let sq = crop_square(&bbox(60.25, 10.5, 95.75, 52.0), BOX_SCALE).unwrap();
         assert_eq!(sq, CropSquare { x1: 49, y1: 2, x2: 107, y2: 60 });
-        let cases: [(usize, f64, usize, &[(usize, usize, [f32; 3])]); 2] = [
+        // (input side, sum of all values, black pixels, some pixels as (row, column, RGB))
+        type Case = (usize, f64, usize, &'static [(usize, usize, [f32; 3])]);
+        let cases: [Case; 2] = [
             (32, 1244.2230581012554, 160, &[
                 (0, 0, [0.60910034, 0.3741164, 0.6196483]),
                 (5, 7, [0.932874, 0.60777473, 0.5207782]),

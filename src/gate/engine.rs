@@ -340,3 +340,171 @@ impl GateEngine {
         finish(self, decision(Outcome::Granted, None, Some(person), tailgating, evidence))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::Face;
+    use crate::gallery::Match;
+
+    fn gate(toml_extra: &str) -> GateConfig {
+        toml::from_str(&format!("id = \"door\"\ncamera = \"cam\"\nallow_persons = [\"alice\"]\nallow_groups = [\"staff\"]\n{toml_extra}")).unwrap()
+    }
+
+    fn engine(extra: &str) -> GateEngine {
+        let groups: Groups = Box::new(|_, name| if name == "bob" { vec!["staff".into()] } else { Vec::new() });
+        GateEngine::new(gate(extra), 0.4, groups)
+    }
+
+    struct Clock(Instant);
+    impl Clock {
+        fn at(&self, ms: u64) -> Instant {
+            self.0 + Duration::from_millis(ms)
+        }
+    }
+
+    fn face(x: f32, side: f32, wiggle: f32) -> Face {
+        let b = BBox { x1: x, y1: 100.0, x2: x + side, y2: 100.0 + side };
+        let lm = |fx: f32, fy: f32| [x + fx * side, 100.0 + fy * side];
+        Face { bbox: b, score: 0.999, landmarks: [lm(0.3, 0.4), lm(0.7, 0.4), lm(0.5 + wiggle, 0.6), lm(0.35, 0.8), lm(0.65, 0.8)] }
+    }
+
+    fn seen(track: u64, f: Face, at: Instant) -> TrackSeen {
+        TrackSeen { camera: "cam".into(), track, face: f, frame: Arc::new(RgbImage::filled(640, 480, [0, 0, 0])), at: SystemTime::now(), captured_instant: at, faces_in_frame: 1 }
+    }
+
+    fn matched(track: u64, f: &Face, who: &[(u64, &str, f32)], at: Instant) -> TrackMatch {
+        TrackMatch {
+            camera: "cam".into(),
+            track,
+            bbox: f.bbox,
+            quality: 0.8,
+            captured_instant: at,
+            matches: who.iter().map(|(id, n, d)| Match { person_id: *id, name: n.to_string(), distance: *d }).collect(),
+            crop: Arc::new(FaceCrop { rgb: vec![0; 12], side: 2, quality: 0.8 }),
+        }
+    }
+
+    /// Feeds `n` frames of one face (seen + matched each frame); the decisions.
+    fn pass(e: &mut GateEngine, track: u64, c: &Clock, start_ms: u64, n: u64, who: &[(u64, &str, f32)], scorer: &mut Option<Fixed>) -> Vec<GateDecision> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let f = face(200.0, 100.0, if i % 2 == 0 { 0.0 } else { 0.03 });
+            let t = c.at(start_ms + i * 50);
+            out.extend(e.on_seen(&seen(track, f.clone(), t), scorer.as_mut().map(|s| s as &mut dyn SpoofScorer)));
+            out.extend(e.on_matched(&matched(track, &f, who, t), 640, 480, SystemTime::now()));
+        }
+        out
+    }
+
+    struct Fixed(f32);
+    impl SpoofScorer for Fixed {
+        fn score(&mut self, _: &RgbImage, _: &BBox) -> Option<f32> {
+            Some(self.0)
+        }
+    }
+
+    const ALICE: &[(u64, &str, f32)] = &[(1, "alice", 0.2), (2, "bob", 0.7)];
+
+    #[test]
+    fn an_allowed_person_is_granted_once_after_the_votes_and_cooldown_holds() {
+        let c = Clock(Instant::now());
+        let mut e = engine("");
+        let d = pass(&mut e, 1, &c, 0, 10, ALICE, &mut None);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!((d[0].outcome, d[0].person.as_ref().unwrap().1.as_str(), d[0].evidence.votes), (Outcome::Granted, "alice", 2));
+        // The same person as a new track a moment later: within the cooldown, nothing.
+        assert!(pass(&mut e, 2, &c, 1000, 10, ALICE, &mut None).is_empty());
+        // After the cooldown (10 s): granted again.
+        assert_eq!(pass(&mut e, 3, &c, 12_000, 10, ALICE, &mut None).len(), 1);
+    }
+
+    #[test]
+    fn groups_names_and_strangers() {
+        let c = Clock(Instant::now());
+        let mut e = engine("");
+        let bob = &[(2, "bob", 0.2), (1, "alice", 0.7)];
+        assert_eq!(pass(&mut e, 1, &c, 0, 5, bob, &mut None)[0].outcome, Outcome::Granted, "bob is in the staff group");
+        let carol = &[(3, "carol", 0.2), (1, "alice", 0.7)];
+        let d = pass(&mut e, 2, &c, 0, 5, carol, &mut None);
+        assert_eq!((d[0].outcome, d[0].reason), (Outcome::Denied, Some(Reason::NotAllowed)));
+        let stranger = &[(1, "alice", 0.55), (2, "bob", 0.7)];
+        let d = pass(&mut e, 3, &c, 0, 20, stranger, &mut None);
+        assert_eq!(d.len(), 1, "denied once, never granted: {d:?}");
+        assert_eq!((d[0].outcome, d[0].reason, d[0].person.clone()), (Outcome::Denied, Some(Reason::Unknown), None));
+        assert_eq!(d[0].evidence.nearest.as_deref(), Some("alice"), "the nearest person is evidence, not a name");
+    }
+
+    #[test]
+    fn disagreeing_embeddings_are_not_a_grant() {
+        let c = Clock(Instant::now());
+        let mut e = engine("");
+        let f = face(200.0, 100.0, 0.0);
+        let mut d = Vec::new();
+        for (i, who) in [ALICE, &[(2, "bob", 0.2), (1, "alice", 0.7)]].iter().cycle().take(6).enumerate() {
+            let t = c.at(i as u64 * 50);
+            e.on_seen(&seen(1, f.clone(), t), None);
+            d.extend(e.on_matched(&matched(1, &f, who, t), 640, 480, SystemTime::now()));
+        }
+        assert!(d.iter().all(|d| d.outcome != Outcome::Granted), "{d:?}");
+    }
+
+    #[test]
+    fn small_faces_and_faces_outside_the_zone_do_not_count() {
+        let e = engine("min_face = 80\nzone = [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]");
+        assert!(!e.counts(&face(400.0, 60.0, 0.0).bbox, 640, 480), "too small");
+        assert!(!e.counts(&face(50.0, 100.0, 0.0).bbox, 640, 480), "left half");
+        assert!(e.counts(&face(400.0, 100.0, 0.0).bbox, 640, 480));
+    }
+
+    #[test]
+    fn outside_the_schedule_is_denied() {
+        let c = Clock(Instant::now());
+        // A window that is never now: one minute long, twelve hours away.
+        let now = jiff::Zoned::now().with_time_zone(jiff::tz::TimeZone::UTC);
+        let h = (now.hour() as u32 + 12) % 24;
+        let mut e = engine(&format!("timezone = \"UTC\"\n[[schedules]]\ngroup = \"staff\"\nfrom = \"{h:02}:00\"\nto = \"{h:02}:01\"\n"));
+        e.cfg.allow_persons.clear();
+        let bob = &[(2, "bob", 0.2), (1, "alice", 0.7)];
+        let d = pass(&mut e, 1, &c, 0, 5, bob, &mut None);
+        assert_eq!((d[0].outcome, d[0].reason), (Outcome::Denied, Some(Reason::Schedule)));
+    }
+
+    #[test]
+    fn liveness_waits_for_evidence_and_refuses_a_spoof() {
+        let c = Clock(Instant::now());
+        let mut e = engine("[liveness]\nmotion = false\nmodel_frames = 2\nmotion_frames = 4\n");
+        let d = pass(&mut e, 1, &c, 0, 10, ALICE, &mut Some(Fixed(0.9)));
+        assert_eq!(d[0].outcome, Outcome::Granted);
+        assert_eq!(d[0].evidence.antispoof, Some(0.9));
+        let d = pass(&mut e, 2, &c, 20_000, 10, ALICE, &mut Some(Fixed(0.1)));
+        assert_eq!((d[0].outcome, d[0].reason), (Outcome::Denied, Some(Reason::Liveness)));
+        // Motion on: a face that never moves is refused.
+        let mut e = engine("[liveness]\nmodel = false\nmotion_frames = 4\n");
+        let f = face(200.0, 100.0, 0.0);
+        let mut d = Vec::new();
+        for i in 0..10 {
+            let t = c.at(i * 50);
+            d.extend(e.on_seen(&seen(1, f.clone(), t), None));
+            d.extend(e.on_matched(&matched(1, &f, ALICE, t), 640, 480, SystemTime::now()));
+        }
+        assert_eq!((d[0].outcome, d[0].reason), (Outcome::Denied, Some(Reason::Liveness)), "{d:?}");
+    }
+
+    #[test]
+    fn a_second_face_in_the_zone_is_tailgating() {
+        let c = Clock(Instant::now());
+        for (policy, outcome) in [("flag", Outcome::Granted), ("deny", Outcome::Denied)] {
+            let mut e = engine(&format!("tailgating = \"{policy}\""));
+            let mut d = Vec::new();
+            for i in 0..6 {
+                let t = c.at(i * 50);
+                e.on_seen(&seen(7, face(20.0, 100.0, 0.0), t), None);
+                let f = face(300.0, 100.0, 0.0);
+                d.extend(e.on_seen(&seen(1, f.clone(), t), None));
+                d.extend(e.on_matched(&matched(1, &f, ALICE, t), 640, 480, SystemTime::now()));
+            }
+            assert_eq!((d[0].outcome, d[0].tailgating, d[0].evidence.faces_in_zone), (outcome, true, 2), "{policy}");
+        }
+    }
+}

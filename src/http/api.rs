@@ -93,6 +93,9 @@ pub fn router_with(state: ApiState, cfg: &crate::config::http::HttpConfig) -> Ro
         .route("/api/persons", get(list_persons).post(create_person))
         .route("/api/persons/{id}", get(get_person).delete(delete_person))
         .route("/api/persons/{id}/faces", post(add_face))
+        .route("/api/persons/{id}/groups", axum::routing::put(set_groups))
+        .route("/api/gates/{gate}/log", get(gate_log))
+        .route("/api/gates/{gate}/log/{entry}/crop", get(gate_log_crop))
         .route("/api/recognize", post(recognize))
         .route("/api/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .layer(DefaultBodyLimit::max(max_upload_bytes))
@@ -198,6 +201,74 @@ async fn delete_person(State(state): State<ApiState>, headers: HeaderMap, UrlPat
         }
         state.gallery.write().unwrap_or_else(|p| p.into_inner()).remove(id);
         Ok(StatusCode::NO_CONTENT.into_response())
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+#[derive(Deserialize)]
+struct GroupsBody {
+    groups: Vec<String>,
+}
+
+/// Most groups per person, and longest group name.
+pub const MAX_GROUPS: usize = 32;
+pub const MAX_GROUP_BYTES: usize = 64;
+
+async fn set_groups(State(state): State<ApiState>, headers: HeaderMap, UrlPath(id): UrlPath<String>, body: Bytes) -> ApiResult {
+    authorize(&state, &headers)?;
+    let id = parse_id(&id)?;
+    let body: GroupsBody = serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("expected {{\"groups\": [\"name\", ...]}}: {e}")))?;
+    if body.groups.len() > MAX_GROUPS || body.groups.iter().any(|g| g.is_empty() || g.len() > MAX_GROUP_BYTES) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("at most {MAX_GROUPS} groups of 1..={MAX_GROUP_BYTES} bytes each")));
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut st = store(&state);
+        if !st.set_groups(id, &body.groups).map_err(ApiError::internal)? {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no person {id}")));
+        }
+        let row = st.person(id).map_err(ApiError::internal)?;
+        Ok(axum::Json(json!({"person": row})).into_response())
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    /// RFC 3339 time, or an age such as `2h`.
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+fn audit_log(state: &ApiState) -> Result<crate::gate::audit::AuditLog, ApiError> {
+    let path = store(state).path.clone();
+    crate::gate::audit::AuditLog::open(&path).map_err(ApiError::internal)
+}
+
+async fn gate_log(State(state): State<ApiState>, UrlPath(gate): UrlPath<String>, axum::extract::Query(q): axum::extract::Query<LogQuery>) -> ApiResult {
+    let since = match q.since.as_deref() {
+        None => None,
+        Some(s) => Some(
+            humantime::parse_rfc3339_weak(s)
+                .or_else(|_| humantime::parse_duration(s).map(|d| std::time::SystemTime::now() - d))
+                .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("since `{s}`: an RFC 3339 time or an age (30min, 2h, 7days)")))?,
+        ),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    tokio::task::spawn_blocking(move || {
+        let entries = audit_log(&state)?.entries(Some(&gate), since, limit).map_err(ApiError::internal)?;
+        Ok(axum::Json(json!({"gate": gate, "entries": entries})).into_response())
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+async fn gate_log_crop(State(state): State<ApiState>, UrlPath((gate, entry)): UrlPath<(String, String)>) -> ApiResult {
+    let entry: i64 = entry.parse().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("`{entry}` is not a log entry id")))?;
+    tokio::task::spawn_blocking(move || match audit_log(&state)?.crop(&gate, entry).map_err(ApiError::internal)? {
+        Some(jpeg) => Ok(([(header::CONTENT_TYPE, "image/jpeg")], jpeg).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no face crop for entry {entry} of gate {gate}"))),
     })
     .await
     .map_err(ApiError::internal)?
@@ -371,6 +442,20 @@ const OPENAPI: &str = r##"{
       "post": {"summary": "Add a face image (exactly one face) to a person", "security": [{"bearer": []}],
                "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {"image": {"type": "string", "format": "binary"}}}}, "image/jpeg": {"schema": {"type": "string", "format": "binary"}}, "image/png": {"schema": {"type": "string", "format": "binary"}}}},
                "responses": {"201": {"description": "enrolled"}, "404": {"description": "no such person"}, "413": {"description": "image too large"}, "422": {"description": "bad image, no face or several faces", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
+    },
+    "/api/persons/{id}/groups": {
+      "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+      "put": {"summary": "Replace a person's groups (gates' allow_groups)", "security": [{"bearer": []}],
+              "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"groups": {"type": "array", "items": {"type": "string"}}}, "required": ["groups"]}}}},
+              "responses": {"200": {"description": "the person with its metadata"}, "400": {"description": "bad body"}, "404": {"description": "no such person"}}}
+    },
+    "/api/gates/{gate}/log": {
+      "parameters": [{"name": "gate", "in": "path", "required": true, "schema": {"type": "string"}}, {"name": "since", "in": "query", "schema": {"type": "string"}, "description": "RFC 3339 time or an age (2h)"}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+      "get": {"summary": "The gate's decisions, newest first (outcome, reason, person, evidence, latency)", "responses": {"200": {"description": "entries"}}}
+    },
+    "/api/gates/{gate}/log/{entry}/crop": {
+      "parameters": [{"name": "gate", "in": "path", "required": true, "schema": {"type": "string"}}, {"name": "entry", "in": "path", "required": true, "schema": {"type": "integer"}}],
+      "get": {"summary": "The face crop (JPEG) a decision rests on", "responses": {"200": {"description": "image/jpeg"}, "404": {"description": "no crop"}}}
     },
     "/api/recognize": {
       "post": {"summary": "Every face of an image with its identity",
