@@ -413,3 +413,141 @@ mod tests {
         assert!(peak_rss_mb() > 0.0);
     }
 }
+
+/// Decision latency at an access-control gate: the gate camera plays `clip` in a loop in real
+/// time (each pass is a new track: one passage), `monitors` monitoring cameras play `monitor_clip`
+/// at 10 fps beside it; every gate decision's latency (first frame in which the face counted to
+/// the decision) is collected, and grants to anyone but `expected` are counted as wrong.
+#[derive(Clone, Debug, Serialize)]
+pub struct GateReport {
+    pub monitors: usize,
+    pub seconds: f64,
+    pub decisions: usize,
+    pub granted: usize,
+    pub wrong_grants: usize,
+    pub denied: usize,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_max_ms: f64,
+    /// Monitoring cameras' frames dropped (the door must not be the one that loses).
+    pub monitor_drop_pct: f64,
+    pub gate_drop_pct: f64,
+}
+
+pub struct GateBenchOptions {
+    pub clip: PathBuf,
+    pub expected: String,
+    pub monitor_clip: PathBuf,
+    pub monitors: Vec<usize>,
+    pub duration: f64,
+    pub gate_fps: f32,
+}
+
+fn sorted_quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+pub fn gate_latency(base: &Config, opts: &GateBenchOptions, mut progress: impl FnMut(&GateReport)) -> Result<Vec<GateReport>, BenchError> {
+    for c in [&opts.clip, &opts.monitor_clip] {
+        if !c.is_file() {
+            return Err(BenchError::Config(format!("clip {} does not exist", c.display())));
+        }
+    }
+    let mut gallery = Gallery::new();
+    enroll_photos(&mut Analyzer::new(base)?, &base.gallery.photos(&base.base_dir)?, &mut gallery)?;
+    if gallery.person_id(&opts.expected).is_none() {
+        return Err(BenchError::Config(format!("`{}` is not in the config's gallery, so the gate cannot grant it", opts.expected)));
+    }
+    let gallery = Arc::new(RwLock::new(gallery));
+    let dir = std::env::temp_dir().join(format!("facestream-gate-bench-{}", std::process::id()));
+    let mut reports = Vec::new();
+    for &n in &opts.monitors {
+        let mut cfg = base.clone();
+        cfg.events.stdout = false;
+        cfg.events.file = None;
+        cfg.events.webhook = None;
+        cfg.events.mqtt = None;
+        cfg.gallery.store = Some(dir.join(format!("gallery-{n}.db")));
+        let camera = |id: String, url: &std::path::Path, fps: f32, delay: f64| {
+            let mut c: CameraConfig = toml::from_str(&format!("id = \"{id}\"\nurl = \"{}\"\n", url.display())).expect("camera");
+            (c.realtime, c.loop_file, c.max_fps, c.start_delay) = (true, true, fps, Duration::from_secs_f64(delay));
+            c
+        };
+        cfg.cameras = vec![camera("door".into(), &opts.clip, opts.gate_fps, 0.0)];
+        cfg.cameras.extend((1..=n).map(|i| camera(format!("monitor{i}"), &opts.monitor_clip, 10.0, 3.0 * i as f64 / n.max(1) as f64)));
+        cfg.gates = vec![toml::from_str(&format!("id = \"bench\"\ncamera = \"door\"\nallow_persons = [\"{}\"]\ncooldown_s = 0.0\n", opts.expected)).expect("gate")];
+        let (tx, rx) = crossbeam_channel::bounded(100_000);
+        let sink = crate::events::ChannelSink { name: "bench", tx };
+        let before = snapshot();
+        let app = App::start_on(&cfg, gallery.clone(), None, AppOptions { http: false, extra_sinks: vec![Box::new(sink)], apps: Vec::new() })?;
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs_f64(opts.duration));
+        let seconds = t0.elapsed().as_secs_f64();
+        app.running.stop();
+        let after = snapshot();
+        app.finish();
+        let mut lat = Vec::new();
+        let (mut granted, mut wrong, mut denied) = (0, 0, 0);
+        for e in rx.try_iter() {
+            if let crate::events::EventBody::GateDecision { outcome, person, latency_s, .. } = &e.body {
+                lat.push(latency_s * 1000.0);
+                if outcome == "granted" {
+                    granted += 1;
+                    if person.as_deref() != Some(opts.expected.as_str()) {
+                        wrong += 1;
+                    }
+                } else {
+                    denied += 1;
+                }
+            }
+        }
+        lat.sort_by(|a, b| a.total_cmp(b));
+        // Frames lost because the pipeline was behind (not those the fps cap skips by design).
+        let queue_full = |s: &Snapshot, cam: &str| {
+            s.counters
+                .iter()
+                .filter(|(n, l, _)| n == telemetry::FRAMES_DROPPED && l.iter().any(|(k, v)| k == "camera" && v == cam) && l.iter().any(|(k, v)| k == "reason" && v == "queue_full"))
+                .map(|(_, _, v)| v)
+                .sum::<f64>()
+        };
+        let drop_pct = |cams: &[&str]| {
+            let sum = |s: &Snapshot, name: &str| cams.iter().map(|c| s.counter(name, Some(("camera", c)))).sum::<f64>();
+            let recv = sum(&after, telemetry::FRAMES_RECEIVED) - sum(&before, telemetry::FRAMES_RECEIVED);
+            let dropped: f64 = cams.iter().map(|c| queue_full(&after, c) - queue_full(&before, c)).sum();
+            if recv > 0.0 { 100.0 * dropped / recv } else { 0.0 }
+        };
+        let monitors: Vec<String> = (1..=n).map(|i| format!("monitor{i}")).collect();
+        let monitor_refs: Vec<&str> = monitors.iter().map(String::as_str).collect();
+        let r = GateReport {
+            monitors: n,
+            seconds,
+            decisions: lat.len(),
+            granted,
+            wrong_grants: wrong,
+            denied,
+            latency_p50_ms: sorted_quantile(&lat, 0.5),
+            latency_p99_ms: sorted_quantile(&lat, 0.99),
+            latency_max_ms: lat.last().copied().unwrap_or(0.0),
+            monitor_drop_pct: drop_pct(&monitor_refs),
+            gate_drop_pct: drop_pct(&["door"]),
+        };
+        progress(&r);
+        reports.push(r);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(reports)
+}
+
+pub fn gate_table(reports: &[GateReport]) -> String {
+    let mut s = String::from("monitors  seconds  decisions  granted  wrong  denied  latency p50/p99/max ms   door drop%  monitors drop%\n");
+    for r in reports {
+        s += &format!(
+            "{:>8}  {:>7.0}  {:>9}  {:>7}  {:>5}  {:>6}  {:>7.0} / {:>4.0} / {:>4.0}   {:>10.2}  {:>14.2}\n",
+            r.monitors, r.seconds, r.decisions, r.granted, r.wrong_grants, r.denied, r.latency_p50_ms, r.latency_p99_ms, r.latency_max_ms, r.gate_drop_pct, r.monitor_drop_pct
+        );
+    }
+    s
+}

@@ -12,6 +12,8 @@ use facestream::config::Config;
 pub enum BenchMode {
     Capacity,
     Throughput,
+    /// Access-control gate decision latency, alone and beside monitoring cameras.
+    Gate,
 }
 
 /// End-to-end harness: N cameras from a clip through the real pipeline; prints a table and
@@ -43,6 +45,18 @@ pub struct BenchArgs {
     /// clip's length), so looped clips do not all restart at once; 0 = start together.
     #[arg(long, default_value_t = 3.0)]
     pub stagger: f64,
+    /// Gate mode: monitoring cameras (10 fps, --clip) beside the gate camera, comma separated runs.
+    #[arg(long, value_delimiter = ',', default_value = "0,6")]
+    pub monitors: Vec<usize>,
+    /// Gate mode: the clip the gate camera plays in a loop (each pass is one passage) ...
+    #[arg(long, default_value = "tests/fixtures/ff-region-face-motion.avi")]
+    pub gate_clip: PathBuf,
+    /// ... showing this person of the config's gallery (any other grant counts as wrong).
+    #[arg(long, default_value = "MEDS_S029")]
+    pub gate_person: String,
+    /// Gate mode: frames per second of the gate camera.
+    #[arg(long, default_value_t = 20.0)]
+    pub gate_fps: f32,
     /// Also write the reports as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -83,11 +97,23 @@ pub fn cmd_bench_gallery(a: BenchGalleryArgs) -> Result<ExitCode> {
 }
 
 pub fn cmd_bench(cfg: &Config, a: BenchArgs) -> Result<ExitCode> {
-    let BenchArgs { mode, cameras, clip, duration, warmup, fps, loops, stagger, json } = a;
+    let BenchArgs { mode, cameras, clip, duration, warmup, fps, loops, stagger, json, monitors, gate_clip, gate_person, gate_fps } = a;
+    if let BenchMode::Gate = mode {
+        let opts = facestream::bench::GateBenchOptions { clip: gate_clip, expected: gate_person, monitor_clip: clip, monitors, duration, gate_fps };
+        eprintln!("gate benchmark: {} at {} fps with {:?} monitoring camera(s), {} s each", opts.clip.display(), opts.gate_fps, opts.monitors, opts.duration);
+        let reports = facestream::bench::gate_latency(cfg, &opts, |r| {
+            eprintln!("  {} monitor(s): {} decisions, p50 {:.0} ms, p99 {:.0} ms, {} wrong grant(s)", r.monitors, r.decisions, r.latency_p50_ms, r.latency_p99_ms, r.wrong_grants)
+        })?;
+        print!("{}", facestream::bench::gate_table(&reports));
+        if let Some(p) = json {
+            std::fs::write(&p, serde_json::to_string_pretty(&reports)?).with_context(|| format!("{}: cannot write", p.display()))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let opts = facestream::bench::BenchOptions {
         mode: match mode {
             BenchMode::Capacity => facestream::bench::Mode::Capacity,
-            BenchMode::Throughput => facestream::bench::Mode::Throughput,
+            _ => facestream::bench::Mode::Throughput,
         },
         cameras,
         clip,
