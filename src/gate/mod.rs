@@ -223,6 +223,14 @@ impl Gates {
                 m.gate_decisions.with_label_values(&[&g.id, o, r]);
             }
             m.gate_latency.with_label_values(&[&g.id]);
+            m.gate_commands.with_label_values(&[&g.id, "queue", "dropped"]);
+            for (on, channel) in [(g.webhook.is_some(), "webhook"), (g.mqtt.is_some(), "mqtt")] {
+                if on {
+                    for result in ["sent", "failed"] {
+                        m.gate_commands.with_label_values(&[&g.id, channel, result]);
+                    }
+                }
+            }
         }
         Ok(Some(Self { engines, actuators, audit: Some(audit), log_cfg: log.clone(), scorer }))
     }
