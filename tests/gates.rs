@@ -353,3 +353,72 @@ fn real_faces_pass_liveness_and_the_hoodie_print_is_never_granted() {
         }
     }
 }
+
+/// The webhook path: the gate POSTs its signed command (captured here), the reference receiver
+/// (`gate-receiver --listen`) accepts it once and refuses the same bytes replayed.
+#[test]
+fn the_signed_webhook_command_is_accepted_once_by_the_receiver() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("gate.key");
+    std::fs::write(&key, "another-long-door-key-9876543210\n").unwrap();
+    // A capture endpoint standing in for the door controller's address.
+    let capture = TcpListener::bind("127.0.0.1:0").unwrap();
+    let capture_url = format!("http://{}/door", capture.local_addr().unwrap());
+    let (body_tx, body_rx) = bounded::<Vec<u8>>(4);
+    std::thread::spawn(move || {
+        for s in capture.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; len];
+            std::io::Read::read_exact(&mut r, &mut body).unwrap();
+            let _ = std::io::Write::write_all(&mut s, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = body_tx.send(body);
+        }
+    });
+    let gate = format!("allow_groups = [\"staff\"]\nsecret_file = \"{}\"\nwebhook = \"{capture_url}\"\n", key.display());
+    let events = run(&door(&fixture("ff-region-face-motion.avi"), "", &gate), dir.path(), Duration::from_secs(10));
+    assert!(decisions(&events).iter().any(|d| d.outcome == "granted"));
+    let body = body_rx.recv_timeout(Duration::from_secs(10)).expect("the gate POSTed its command");
+    let env: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(env["gate"], "front");
+    assert!(env["sig"].as_str().unwrap().len() == 64 && env["nonce"].as_str().unwrap().len() == 32, "{env}");
+
+    let port = free_port();
+    let mut receiver = Proc(
+        Command::new(env!("CARGO_BIN_EXE_facestream"))
+            .args(["gate-receiver", "--gate", "front", "--listen", &format!("127.0.0.1:{port}"), "--secret-file"])
+            .arg(&key)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = std::io::BufReader::new(receiver.0.stdout.take().unwrap());
+    let url = format!("http://127.0.0.1:{port}/");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let post = |b: &[u8]| loop {
+        match ureq::post(&url).config().http_status_as_error(false).build().send(b) {
+            Ok(r) => break r.status().as_u16(),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => panic!("receiver not reachable: {e}"),
+        }
+    };
+    assert_eq!(post(&body), 200, "the gate's own command is accepted");
+    assert_eq!(post(&body), 403, "the same command replayed is refused");
+    let mut lines = stdout.lines().map_while(Result::ok);
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap()).unwrap();
+    let second: serde_json::Value = serde_json::from_str(&lines.next().unwrap()).unwrap();
+    assert_eq!(first["accepted"], true, "{first}");
+    assert_eq!(first["command"]["person"], "MEDS_S029");
+    assert!(second["reason"].as_str().unwrap().starts_with("replayed nonce"), "{second}");
+}
