@@ -3,10 +3,13 @@
 //! liveness on a still photo played as a clip, tailgating, the audit log, and signed commands
 //! checked by the reference receiver against a real MQTT broker.
 
+mod common;
+use common::{Proc, find_program, free_port};
+
 use std::io::BufRead;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -225,27 +228,8 @@ fn a_still_photo_played_as_a_clip_fails_liveness() {
     assert!(decisions(&events).iter().any(|d| d.outcome == "granted"));
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
-fn find_program(name: &str) -> PathBuf {
-    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
-        let p = Path::new(dir).join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("{name} is not installed: run `make setup` (it installs the Debian package {name})");
-}
 
 #[test]
 fn signed_mqtt_commands_are_verified_by_the_reference_receiver() {

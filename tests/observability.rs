@@ -2,10 +2,13 @@
 //! real Mosquitto broker, a webhook receiver (up and down), the SSE event stream, and the Grafana
 //! dashboard's queries checked against the live /metrics output.
 
+mod common;
+use common::{Proc, find_program, free_port};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -77,32 +80,12 @@ fn run_to_end(cfg: &Config) {
     running.join();
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn get(url: &str) -> Option<String> {
     ureq::get(url).call().ok()?.body_mut().read_to_string().ok()
 }
 
-/// Kills a server process when the test ends, however it ends.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
-fn find_program(name: &str) -> PathBuf {
-    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
-        let p = Path::new(dir).join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("{name} is not installed: run `make setup` (it installs the Debian package {name})");
-}
 
 #[test]
 fn prometheus_scrapes_frames_processed_for_the_camera() {
