@@ -454,7 +454,11 @@ impl Hnsw {
             *x = u64::from_le_bytes(b);
         }
         let [m, efc, seed, n, fp, ep, top] = head;
-        if fp != fingerprint || n as usize * DIM != vectors.len() || !(2..=128).contains(&m) {
+        // Every header value is bounded before it sizes anything (a damaged or hostile dump must
+        // not overflow a length or make the next insert allocate 2^40 candidates).
+        let n_ok = usize::try_from(n).ok().and_then(|n| n.checked_mul(DIM)) == Some(vectors.len());
+        let ep_ok = ep == u32::MAX as u64 || ep < n;
+        if fp != fingerprint || !n_ok || !(2..=128).contains(&m) || !(1..=4096).contains(&efc) || !ep_ok || top > u8::MAX as u64 {
             return None;
         }
         let params = Params { m: m as usize, ef_construction: efc as usize, seed };
@@ -624,6 +628,29 @@ pub(crate) mod tests {
 
     fn exact(vectors: &[f32], q: &[f32]) -> u32 {
         (0..vectors.len() / DIM).map(|i| Cand(1.0 - dot(q, &vectors[i * DIM..(i + 1) * DIM]), i as u32)).min().unwrap().1
+    }
+
+    /// Found by `fuzz/` (hnsw_load): a header field that sizes an allocation later, or overflows
+    /// the length check, must make the dump refused, not the process abort.
+    #[test]
+    fn a_dump_with_a_huge_ef_construction_or_node_count_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.hnsw");
+        let data = random_unit(48, 5);
+        Hnsw::build(&data, Params::default(), 1, &|_| {}).save(&path, 7).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        // Header after the magic: m, ef_construction, seed, n, fingerprint, entry, top (u64 each).
+        let patched = |field: usize, value: u64| {
+            let mut b = good.clone();
+            b[8 + field * 8..16 + field * 8].copy_from_slice(&value.to_le_bytes());
+            std::fs::write(&path, &b).unwrap();
+            Hnsw::load(&path, &data, 7)
+        };
+        assert!(patched(1, 200).is_some(), "a sane ef_construction loads");
+        assert!(patched(1, 1 << 40).is_none(), "ef_construction 2^40");
+        assert!(patched(3, (1 << 57) + 48).is_none(), "a node count whose byte length overflows");
+        assert!(patched(5, 1 << 33).is_none(), "an entry point beyond the nodes");
+        assert!(patched(6, 1 << 20).is_none(), "a top layer beyond any level");
     }
 
     #[test]

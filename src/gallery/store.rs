@@ -68,6 +68,11 @@ pub fn groups_of(metadata: &serde_json::Value) -> Vec<String> {
     metadata.get("groups").and_then(|g| g.as_array()).map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default()
 }
 
+/// A finite `DIM`-d vector of length 1 (within 1e-3): what the embedder stores.
+pub fn is_unit_embedding(v: &[f32]) -> bool {
+    v.len() == DIM && v.iter().all(|x| x.is_finite()) && (v.iter().map(|x| x * x).sum::<f32>().sqrt() - 1.0).abs() < 1e-3
+}
+
 pub struct Store {
     conn: Connection,
     pub path: PathBuf,
@@ -293,8 +298,12 @@ impl Store {
         // that dump was made for exactly these persons and samples).
         gallery.index_dump = Some(self.path.with_extension("hnsw"));
         gallery.begin_bulk();
+        let mut skipped = 0;
         for s in samples {
-            if s.embedding.len() != DIM {
+            if !is_unit_embedding(&s.embedding) {
+                // Never searched: a vector that is not a unit embedding (damaged, or imported
+                // from elsewhere) could sit near every face and lend its name to all of them.
+                skipped += 1;
                 continue;
             }
             if let Some(name) = names.get(&s.person_id) {
@@ -306,6 +315,9 @@ impl Store {
             }
         }
         gallery.end_bulk();
+        if skipped > 0 {
+            tracing::warn!(store = %self.path.display(), skipped, "gallery samples that are not unit embeddings were skipped");
+        }
         Ok(n)
     }
 
@@ -325,6 +337,14 @@ impl Store {
 
     /// Imports persons and samples (all in one transaction); returns (persons, samples) added.
     pub fn import(&mut self, data: &Export) -> Result<(usize, usize), StoreError> {
+        for p in &data.persons {
+            if let Some(bad) = p.samples.iter().find(|s| !is_unit_embedding(&s.embedding)) {
+                return Err(StoreError::File {
+                    path: PathBuf::from("<import>"),
+                    reason: format!("sample {} of `{}` is not a {DIM}-d unit embedding (finite values, length 1); nothing was imported", bad.id, p.name),
+                });
+            }
+        }
         let tx = self.conn.transaction()?;
         let mut samples = 0;
         for p in &data.persons {
@@ -350,6 +370,27 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `fuzz/` (json_bodies): an imported sample that is not a unit embedding ([1.0; 128])
+    /// matched every nearby face at distance 0. Imports refuse it; a store that holds one skips it.
+    #[test]
+    fn samples_that_are_not_unit_embeddings_are_never_searched() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("g.db")).unwrap();
+        let good = crate::embed::normalized(&(0..DIM).map(|i| i as f32).collect::<Vec<_>>());
+        s.add_sample("ann", &good, "m1", 0.9, "a").unwrap();
+        let mut data = s.export().unwrap();
+        data.persons[0].name = "mallory".into();
+        data.persons[0].samples[0].embedding = vec![1.0; DIM];
+        let err = Store::open(&dir.path().join("h.db")).unwrap().import(&data).unwrap_err().to_string();
+        assert!(err.contains("mallory") && err.contains("unit embedding"), "{err}");
+        for bad in [vec![1.0; DIM], vec![f32::NAN; DIM], vec![0.0; DIM]] {
+            s.add_sample("mallory", &bad, "m1", 0.9, "b").unwrap();
+        }
+        let mut g = Gallery::new();
+        assert_eq!(s.load_into(&mut g, "m1").unwrap(), 1, "only ann's sample is loaded");
+        assert!(g.search(&crate::embed::normalized(&[1.0; DIM]), 2).iter().all(|m| m.name != "mallory"));
+    }
 
     #[test]
     fn samples_round_trip_and_foreign_models_are_refused() {

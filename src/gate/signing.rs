@@ -37,7 +37,7 @@ pub enum Rejection {
     #[error("bad signature")]
     Signature,
     #[error("timestamp {ts} is {skew} s away from this receiver's clock (allowed {max})")]
-    Stale { ts: i64, skew: i64, max: i64 },
+    Stale { ts: i64, skew: u64, max: i64 },
     #[error("replayed nonce {0}")]
     Replay(String),
     #[error("for gate `{got}`, this receiver serves `{want}`")]
@@ -92,7 +92,7 @@ impl NonceCache {
     /// False when `nonce` was already seen; forgets nonces older than `now - window`.
     fn insert(&mut self, nonce: &str, now: i64, window: i64) -> bool {
         while let Some((t, _)) = self.order.front() {
-            if *t >= now - window {
+            if *t >= now.saturating_sub(window) {
                 break;
             }
             if let Some((_, n)) = self.order.pop_front() {
@@ -137,15 +137,16 @@ impl Verifier {
         }
         let sig = unhex(&env.sig).ok_or(Rejection::Signature)?;
         mac(&self.key, &env.gate, env.ts, &env.nonce, &env.payload).verify_slice(&sig).map_err(|_| Rejection::Signature)?;
-        let skew = (now - env.ts).abs();
-        if skew > self.max_skew {
+        // abs_diff: no overflow whatever `ts` a sender puts in (a wrapped difference would pass).
+        let skew = now.abs_diff(env.ts);
+        if skew > self.max_skew.max(0) as u64 {
             return Err(Rejection::Stale { ts: env.ts, skew, max: self.max_skew });
         }
         if let Some(want) = &self.gate
             && *want != env.gate {
                 return Err(Rejection::WrongGate { got: env.gate.clone(), want: want.clone() });
             }
-        if !self.nonces.insert(&env.nonce, now, 2 * self.max_skew) {
+        if !self.nonces.insert(&env.nonce, now, self.max_skew.saturating_mul(2)) {
             return Err(Rejection::Replay(env.nonce.clone()));
         }
         Ok(env)
@@ -183,6 +184,17 @@ mod tests {
         let foreign = serde_json::to_vec(&sign(KEY, "garage", 1000, nonce(), "{}".into())).unwrap();
         assert!(matches!(v.verify(&foreign, 1000), Err(Rejection::WrongGate { .. })));
         assert!(matches!(v.verify(b"open", 1000), Err(Rejection::Malformed(_))));
+    }
+
+    /// Found while writing `fuzz/` (json_bodies): a correctly signed envelope with an absurd
+    /// timestamp overflowed `now - ts` (and in release wrapped to a "fresh" skew).
+    #[test]
+    fn an_absurd_timestamp_is_stale_not_an_overflow() {
+        let mut v = Verifier::new(KEY, 30, None);
+        for ts in [1_764_633_600i64.wrapping_sub(i64::MIN), i64::MIN, i64::MAX] {
+            let msg = serde_json::to_vec(&sign(KEY, "door", ts, nonce(), "{}".into())).unwrap();
+            assert!(matches!(v.verify(&msg, 1_764_633_600), Err(Rejection::Stale { .. })), "{ts}");
+        }
     }
 
     #[test]
