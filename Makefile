@@ -6,6 +6,8 @@
 #   make lint    clippy with warnings as errors (also run by CI)
 #   make soak    10-minute reliability harness (RSS, fds, threads, reconnects, /healthz)
 #   make bench   criterion benchmarks, the end-to-end harness and the gallery benchmark
+#   make fuzz    every cargo-fuzz target (fuzz/) for FUZZ_SECONDS (60) each; fails on a crash
+#   make fuzz-smoke   the same, 10 s per target (also run by CI)
 
 SHELL := /bin/bash
 GPU ?= 0
@@ -23,7 +25,7 @@ APT_TEST_PACKAGES := prometheus mosquitto
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FETCH_FLAGS := $(if $(filter 1,$(GPU)),--gpu,)
 
-.PHONY: setup deps test-deps models build run demo test lint bench soak check-toolchain
+.PHONY: setup deps test-deps models build run demo test lint bench soak check-toolchain fuzz fuzz-smoke fuzz-seeds fuzz-tools
 
 setup: deps models
 
@@ -89,3 +91,23 @@ bench: build
 soak: build
 	./target/release/facestream --log warn soak --duration 600 --cameras 3 --restart-every 20 --api-rps 20 --sse-clients 10 --out target/soak
 
+# Fuzzing (fuzz/: cargo-fuzz + libFuzzer, nightly, AddressSanitizer, debug assertions). Each target
+# replays fuzz/regressions/<target>/, then runs FUZZ_SECONDS from the seed corpus in
+# fuzz/corpus/<target>/; new inputs collect in fuzz/work/ and crashes in fuzz/artifacts/ (both
+# ignored). cargo-fuzz is installed once into ~/.cargo/bin. FUZZ_KEEP_GOING=1: go on after a crash.
+FUZZ_SECONDS ?= 60
+FUZZ_TOOLCHAIN ?= nightly
+
+fuzz-tools: check-toolchain
+	@rustup run $(FUZZ_TOOLCHAIN) rustc --version >/dev/null 2>&1 || rustup toolchain install $(FUZZ_TOOLCHAIN) --profile minimal
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+
+fuzz: deps fuzz-tools
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TOOLCHAIN=$(FUZZ_TOOLCHAIN) fuzz/run.sh run
+
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=10
+
+# Rewrites the generated seeds (tiny synthetic images, real HNSW dumps, signed envelopes).
+fuzz-seeds: deps fuzz-tools
+	FUZZ_TOOLCHAIN=$(FUZZ_TOOLCHAIN) fuzz/run.sh seeds
