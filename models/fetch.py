@@ -627,23 +627,12 @@ def tf_same_pads(size: int, k: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-class FaceRecognitionNetBuilder:
-    """Builds face-api.js FaceRecognitionNet (a port of dlib's ResNet-29) as an ONNX graph.
+class GraphBuilder:
+    """What both converters share: the nodes and initializers of the ONNX graph being built."""
 
-    TF.js runs it in NHWC; the ONNX graph transposes once after normalisation and runs in
-    NCHW, the layout ONNX Conv requires.  Spatial size and channel count are tracked while
-    building because face-api's residualDown adjusts shapes at build time (zero padding).
-    """
-
-    def __init__(self, weights: dict):
-        self.w = weights
-        self.used: set[str] = set()
+    def __init__(self):
         self.nodes = []
         self.inits = []
-
-    def take(self, name: str):
-        self.used.add(name)
-        return self.w[name]
 
     def const(self, name: str, array) -> str:
         from onnx import numpy_helper
@@ -656,6 +645,24 @@ class FaceRecognitionNetBuilder:
 
         self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
         return output
+
+
+class FaceRecognitionNetBuilder(GraphBuilder):
+    """Builds face-api.js FaceRecognitionNet (a port of dlib's ResNet-29) as an ONNX graph.
+
+    TF.js runs it in NHWC; the ONNX graph transposes once after normalisation and runs in
+    NCHW, the layout ONNX Conv requires.  Spatial size and channel count are tracked while
+    building because face-api's residualDown adjusts shapes at build time (zero padding).
+    """
+
+    def __init__(self, weights: dict):
+        super().__init__()
+        self.w = weights
+        self.used: set[str] = set()
+
+    def take(self, name: str):
+        self.used.add(name)
+        return self.w[name]
 
     def conv(self, x: str, size: int, prefix: str, stride: int, padding: str, relu: bool):
         """face-api convLayer: conv2d + bias, then the affine 'scale' layer, optional ReLU.
@@ -905,31 +912,18 @@ HUMAN_MODELS_CONVERTED = [
 ]
 
 
-class TfjsGraphConverter:
+class TfjsGraphConverter(GraphBuilder):
     """Rewrites the small TF.js graph models of Human as ONNX graphs (ops listed above only)."""
 
     def __init__(self, topology: dict, weights: dict, input_name: str, output_name: str):
+        super().__init__()
         self.graph_nodes = topology["node"]
         self.w = weights
         self.used: set[str] = set()
-        self.nodes = []
-        self.inits = []
         self.input_name = input_name
         self.output_name = output_name
         # TF tensor name -> (onnx name, layout, shape); layout "nchw" (shape (C, H, W)) or "flat".
         self.t: dict[str, tuple[str, str, tuple]] = {}
-
-    def const(self, name: str, array) -> str:
-        from onnx import numpy_helper
-
-        self.inits.append(numpy_helper.from_array(array, name))
-        return name
-
-    def node(self, op: str, inputs: list[str], output: str, **attrs) -> str:
-        from onnx import helper
-
-        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
-        return output
 
     def weight(self, name: str):
         if name not in self.w:
