@@ -175,7 +175,8 @@ pub fn crop_jpeg(crop: &crate::identify::decision::FaceCrop) -> Option<Vec<u8>> 
 /// Everything the gates application needs, resolved before the pipeline starts.
 pub struct Gates {
     engines: Vec<GateEngine>,
-    actuators: Vec<Option<Actuator>>,
+    /// Command senders by gate id (gates without a webhook or MQTT have none).
+    actuators: HashMap<String, Actuator>,
     audit: Option<audit::AuditLog>,
     log_cfg: GateLogConfig,
     scorer: Option<antispoof::AntiSpoof>,
@@ -192,7 +193,7 @@ impl Gates {
         }
         let rt = crate::infer::Runtime::get(infer)?;
         let mut engines = Vec::new();
-        let mut actuators = Vec::new();
+        let mut actuators = HashMap::new();
         for g in gates {
             let threshold = match g.threshold {
                 Some(t) => t,
@@ -203,10 +204,9 @@ impl Gates {
             };
             tracing::info!(gate = %g.id, camera = %g.camera, threshold, target_far = g.target_far, votes = g.votes, window_s = g.window_s, liveness = g.liveness.is_some(), "gate ready");
             let key = g.secret(base_dir).map_err(GateError::Config)?;
-            actuators.push(match key {
-                Some(k) => Actuator::start(g, k)?,
-                None => None,
-            });
+            if let Some(a) = key.map(|k| Actuator::start(g, k)).transpose()?.flatten() {
+                actuators.insert(g.id.clone(), a);
+            }
             engines.push(GateEngine::new(g.clone(), threshold, group_lookup(people_groups.clone(), store_path.clone())));
         }
         let scorer = if gates.iter().any(|g| g.liveness.as_ref().is_some_and(|l| l.model)) { Some(antispoof::AntiSpoof::new(&rt)?) } else { None };
@@ -303,7 +303,7 @@ impl Gates {
         m.gate_latency.with_label_values(&[&d.gate]).observe(d.latency_s);
         tracing::info!(gate = %d.gate, outcome = d.outcome.as_str(), reason = reason.unwrap_or(""), person = person.as_deref().unwrap_or(""), latency_ms = (d.latency_s * 1000.0).round(), tailgating = d.tailgating, "gate decision");
         if d.outcome == Outcome::Granted
-            && let Some(Some(a)) = self.engines.iter().position(|e| e.cfg.id == d.gate).map(|i| self.actuators.get(i).and_then(|a| a.as_ref()))
+            && let Some(a) = self.actuators.get(&d.gate)
         {
             let cmd = Command { command: "open".into(), gate: d.gate.clone(), person: person.clone().unwrap_or_default(), track_id: track_id.clone(), time: crate::events::rfc3339(d.at), log_id };
             let _ = a.tx.push(cmd);
