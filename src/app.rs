@@ -37,6 +37,8 @@ pub enum AppError {
     Topology(#[from] TopologyError),
     #[error(transparent)]
     Gate(#[from] crate::gate::GateError),
+    #[error(transparent)]
+    Visitors(#[from] crate::visitors::VisitorsError),
     #[error("cannot start the housekeeping thread: {0}")]
     Thread(std::io::Error),
 }
@@ -50,6 +52,8 @@ pub struct AppOptions {
     pub extra_sinks: Vec<Box<dyn EventSink>>,
     /// Applications on the decisions bus.
     pub apps: Vec<Subscription>,
+    /// Shifts the visitors application's clock (tests replay clips on "the next day").
+    pub clock_offset: std::time::Duration,
 }
 
 /// The gallery `run` starts with (the store's persons, then the config's people, in memory) and
@@ -109,6 +113,20 @@ impl App {
             let observe = gates.observe();
             opts.apps.push(Subscription { name: "gates", capacity: 4096, observe, run: Box::new(move |io| gates.run(io.updates, io.events)) });
         }
+        let vsetup = crate::visitors::VisitorsSetup {
+            snapshots: &cfg.snapshots,
+            visitors: &cfg.visitors,
+            visits: &cfg.visits,
+            identify: &cfg.identify,
+            infer: &cfg.infer,
+            base_dir: &cfg.base_dir,
+            store_path: cfg.gallery.store_path(&cfg.base_dir),
+            clock_offset: opts.clock_offset,
+        };
+        if let Some(v) = crate::visitors::Visitors::new(vsetup)? {
+            crate::visitors::precreate_series(&cfg.cameras.iter().filter(|c| c.enabled).map(|c| c.id.as_str()).collect::<Vec<_>>());
+            opts.apps.push(Subscription { name: "visitors", capacity: 4096, observe: Vec::new(), run: Box::new(move |io| v.run(io.updates, io.events)) });
+        }
         let state = AppState::new(gallery.clone(), cfg.http.sse_buffer);
         let server = if opts.http && cfg.http.enabled {
             // The API shares the gallery with the cameras: an enrollment is searchable at once.
@@ -127,6 +145,10 @@ impl App {
                 &cfg.http,
             )
             });
+            let api = match (api, visitors_http(cfg, &gallery)) {
+                (Some(a), Some(v)) => Some(a.merge(v)),
+                (a, v) => a.or(v),
+            };
             Some(http::serve(&cfg.http, state.clone(), api)?)
         } else {
             None
@@ -188,6 +210,25 @@ impl App {
             server.shutdown();
         }
     }
+}
+
+/// The visitors' API routes when snapshots, visitors or visits are on.
+fn visitors_http(cfg: &Config, gallery: &SharedGallery) -> Option<axum::Router> {
+    if !cfg.snapshots.enabled && !cfg.visitors.enabled && !cfg.visits.enabled {
+        return None;
+    }
+    let models = crate::infer::locate_models(&cfg.infer);
+    let model_id = crate::infer::ModelCard::read(&models.join(format!("{}.toml", crate::embed::CARD))).ok()?.id;
+    let store = cfg.gallery.store_path(&cfg.base_dir);
+    let threshold = OperatingPoint::for_card(&cfg.identify, cfg.embed.threshold, &models, 1).ok()?.threshold;
+    Some(http::visitors::router(http::visitors::VisitorsHttp {
+        places: Arc::new(crate::visitors::ops::places(cfg, &store, model_id)),
+        gallery: gallery.clone(),
+        timezone: cfg.visits.timezone.clone(),
+        enroll_faces: cfg.visitors.enroll_faces,
+        min_quality: cfg.visitors.min_quality,
+        threshold,
+    }))
 }
 
 /// Swaps in finished background index rebuilds and keeps the gallery gauge current.

@@ -482,7 +482,7 @@ pub fn gate_latency(base: &Config, opts: &GateBenchOptions, mut progress: impl F
         let (tx, rx) = crossbeam_channel::bounded(100_000);
         let sink = crate::events::ChannelSink { name: "bench", tx };
         let before = snapshot();
-        let app = App::start_on(&cfg, gallery.clone(), None, AppOptions { http: false, extra_sinks: vec![Box::new(sink)], apps: Vec::new() })?;
+        let app = App::start_on(&cfg, gallery.clone(), None, AppOptions { http: false, extra_sinks: vec![Box::new(sink)], apps: Vec::new(), ..AppOptions::default() })?;
         let t0 = Instant::now();
         std::thread::sleep(Duration::from_secs_f64(opts.duration));
         let seconds = t0.elapsed().as_secs_f64();

@@ -100,6 +100,59 @@ pub fn downscaled(img: RgbImage, max_pixels: f64) -> (RgbImage, f32) {
     (RgbImage { width: w, height: h, data: small.into_raw() }, w as f32 / buf.width() as f32)
 }
 
+/// A small copy of a frame, `width` pixels wide (box-averaged), with `mark` (a box in the
+/// frame's pixels) outlined: the context of a best shot.
+pub fn thumbnail(img: &RgbImage, width: u32, mark: Option<[f32; 4]>) -> RgbImage {
+    let w = width.min(img.width).max(1);
+    let h = ((img.height as u64 * w as u64 / img.width.max(1) as u64) as u32).max(1);
+    let mut data = Vec::with_capacity(w as usize * h as usize * 3);
+    let (sx, sy) = (img.width as f32 / w as f32, img.height as f32 / h as f32);
+    for oy in 0..h {
+        let (y0, y1) = ((oy as f32 * sy) as u32, (((oy + 1) as f32 * sy) as u32).clamp(1, img.height));
+        for ox in 0..w {
+            let (x0, x1) = ((ox as f32 * sx) as u32, (((ox + 1) as f32 * sx) as u32).clamp(1, img.width));
+            // At most 3x3 samples per output pixel: enough for a thumbnail, cheap for a 4K frame.
+            let (stx, sty) = ((x1.saturating_sub(x0) / 3).max(1), (y1.saturating_sub(y0) / 3).max(1));
+            let mut acc = [0u32; 3];
+            let mut n = 0u32;
+            let mut y = y0.min(img.height - 1);
+            while y < y1 {
+                let mut x = x0.min(img.width - 1);
+                while x < x1 {
+                    let p = img.pixel(x, y);
+                    for c in 0..3 {
+                        acc[c] += p[c] as u32;
+                    }
+                    n += 1;
+                    x += stx;
+                }
+                y += sty;
+            }
+            let n = n.max(1);
+            data.extend_from_slice(&[(acc[0] / n) as u8, (acc[1] / n) as u8, (acc[2] / n) as u8]);
+        }
+    }
+    let mut out = RgbImage { width: w, height: h, data };
+    if let Some([x1, y1, x2, y2]) = mark {
+        let f = w as f32 / img.width.max(1) as f32;
+        let clamp = |v: f32, max: u32| ((v * f).round().max(0.0) as u32).min(max - 1);
+        let (ax, ay, bx, by) = (clamp(x1, w), clamp(y1, h), clamp(x2, w), clamp(y2, h));
+        let mut put = |x: u32, y: u32| {
+            let i = (y as usize * w as usize + x as usize) * 3;
+            out.data[i..i + 3].copy_from_slice(&[0, 230, 0]);
+        };
+        for x in ax..=bx {
+            put(x, ay);
+            put(x, by);
+        }
+        for y in ay..=by {
+            put(ax, y);
+            put(bx, y);
+        }
+    }
+    out
+}
+
 pub fn decode(bytes: &[u8], name: &Path) -> Result<RgbImage, ImageError> {
     let path = name;
     let decode_err = |reason: String| ImageError::Decode { path: path.to_path_buf(), reason };

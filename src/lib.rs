@@ -25,3 +25,4 @@ pub mod soak;
 pub mod telemetry;
 pub mod topology;
 pub mod track;
+pub mod visitors;

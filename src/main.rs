@@ -71,7 +71,7 @@ enum Command {
         /// Open-set report instead: galleries of several sizes, strangers searched too.
         #[arg(long)]
         open_set: bool,
-        /// Open set: which half of the identities to report on (calibration, report, all).
+        /// Open set and cluster: which half of the identities to report on (calibration, report, all).
         #[arg(long, value_parser = ["report", "calibration", "all"], default_value = "report")]
         split: String,
         /// Open set: decision rules to compare (distance, margin, ratio, cohort, cohort-margin).
@@ -80,6 +80,13 @@ enum Command {
         /// Open set: write the DIR/FAR curves as a PNG.
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// Clustering report instead: the visitors' online clustering of the split's photos
+        /// (one photo = one track), pairwise precision and recall, clusters vs people.
+        #[arg(long, conflicts_with = "open_set")]
+        cluster: bool,
+        /// Cluster: join thresholds to compare (default: the one `[visitors]` resolves to).
+        #[arg(long = "cluster-thresholds", value_delimiter = ',')]
+        cluster_thresholds: Vec<f32>,
         #[command(flatten)]
         open: cli::eval::OpenSetArgs,
     },
@@ -134,6 +141,30 @@ enum Command {
         #[command(subcommand)]
         action: GatesAction,
     },
+    /// Unknown faces grouped into visitors: list, show, name (make a person), ignore, merge,
+    /// reject a track's name.
+    Visitors {
+        #[command(subcommand)]
+        action: cli::visitors::VisitorsAction,
+        /// Gallery store (default: gallery.store of the config).
+        #[arg(long, global = true)]
+        store: Option<PathBuf>,
+    },
+    /// Visits per site and day.
+    Visits {
+        #[command(subcommand)]
+        action: VisitsAction,
+        /// Gallery store (default: gallery.store of the config).
+        #[arg(long, global = true)]
+        store: Option<PathBuf>,
+    },
+    /// Remove a person (by name) or a visitor (visitor-<n>) entirely: faces, samples, best
+    /// shots (rows and files), sightings, visits, feedback and gate log references.
+    Forget {
+        subject: String,
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
     /// Reference receiver of signed gate commands (MQTT, webhook or stdin): checks the HMAC
     /// signature, the timestamp and the nonce, prints each verdict as a JSON line and runs
     /// --exec for accepted commands.
@@ -181,6 +212,13 @@ pub enum GalleryAction {
 }
 
 #[derive(Subcommand)]
+pub enum VisitsAction {
+    /// One day: unique known people and visitors (returning ones marked), visits, first and
+    /// last seen, dwell time, per camera and per hour.
+    Report(cli::visitors::ReportArgs),
+}
+
+#[derive(Subcommand)]
 pub enum GatesAction {
     /// Decisions, newest first, with person, reason and latency.
     Log(cli::gates::LogArgs),
@@ -218,10 +256,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Embed { image, all } => cli::photos::cmd_embed(&cfg, &image, all),
         Command::Compare { a, b, json } => cli::photos::cmd_compare(&cfg, &a, &b, json),
-        Command::Eval { identities, json, min_face, open_set, split, rules, plot, open } => {
+        Command::Eval { identities, json, min_face, open_set, split, rules, plot, cluster, cluster_thresholds, open } => {
             if let Some(m) = min_face {
                 cfg.detect.min_face = m;
                 cfg.validate(Path::new("--min-face"))?;
+            }
+            if cluster {
+                return cli::eval::cmd_cluster(&cfg, &identities, &open, &split, &cluster_thresholds, json.as_deref());
             }
             if open_set {
                 return cli::eval::cmd_open_set(&cfg, &identities, &open, &split, &rules, plot.as_deref(), json.as_deref());
@@ -242,6 +283,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Gates { action: GatesAction::Log(a) } => cli::gates::cmd_log(&cfg, a),
         Command::GateReceiver(a) => cli::gates::cmd_receiver(a),
+        Command::Visitors { action, store } => cli::visitors::cmd_visitors(&cfg, action, store),
+        Command::Visits { action: VisitsAction::Report(a), store } => cli::visitors::cmd_report(&cfg, a, store),
+        Command::Forget { subject, store } => cli::visitors::cmd_forget(&cfg, &subject, store),
         Command::Check => cli::run::cmd_check(cli.global.config.as_deref()),
         Command::ServeRtsp { clip, port, mount } => cli::run::cmd_serve_rtsp(&clip, port, &mount),
     }

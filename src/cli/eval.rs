@@ -255,3 +255,53 @@ pub fn cmd_calibrate(cfg: &Config, identities: &Path, a: &OpenSetArgs, targets: 
     println!("calibration written to {} (rule {}); `identify.target_far` picks from it at start", path.display(), c.rule);
     Ok(ExitCode::SUCCESS)
 }
+
+/// `facestream eval --cluster`: the visitors' online clustering on one split of a labelled set,
+/// each photo standing in for a track, in a seeded random order; pairwise precision and recall
+/// and clusters vs people, at the configured threshold (or each of `thresholds`).
+pub fn cmd_cluster(cfg: &Config, identities: &Path, a: &OpenSetArgs, split: &str, thresholds: &[f32], json_out: Option<&Path>) -> Result<ExitCode> {
+    use eval::open_set::Split;
+    use facestream::visitors::cluster::{cluster_all, pair_scores};
+    let split = match split {
+        "calibration" => Split::Calibration,
+        "all" => Split::All,
+        _ => Split::Report,
+    };
+    let e = embed_labelled(cfg, identities, a)?;
+    let people: std::collections::HashSet<u32> = people_of(&e, split, a.seed).into_iter().collect();
+    let mut items: Vec<(u32, &[f32])> = e.samples.iter().filter(|(i, _)| people.contains(i)).map(|(i, v)| (*i, v.as_slice())).collect();
+    // A seeded shuffle (Fisher-Yates on a splitmix64 stream): tracks arrive in no useful order.
+    let mut state = a.seed ^ 0x9E37_79B9_7F4A_7C15;
+    for i in (1..items.len()).rev() {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        items.swap(i, ((z ^ (z >> 31)) % (i as u64 + 1)) as usize);
+    }
+    let models_dir = facestream::infer::Runtime::get(&cfg.infer)?.models_dir.clone();
+    let configured = cfg.visitors.params(&cfg.identify, &models_dir)?;
+    let list: Vec<f32> = if thresholds.is_empty() { vec![configured.threshold] } else { thresholds.to_vec() };
+    println!("clustering on the {} split (seed {}): {} photos of {} people, one photo = one track; margin {}, merge at {} x threshold", split.as_str(), a.seed, items.len(), people.len(), cfg.visitors.margin, cfg.visitors.merge_ratio);
+    println!("{:>9} {:>10} {:>8} {:>9} {:>8} {:>7}", "threshold", "precision", "recall", "clusters", "people", "impure");
+    let mut rows = Vec::new();
+    for t in list {
+        let started = std::time::Instant::now();
+        let assigned = cluster_all(cfg.visitors.params_at(t), &items);
+        if std::env::var_os("FACESTREAM_CLUSTER_DEBUG").is_some() {
+            let mut per: std::collections::HashMap<u32, std::collections::HashMap<u64, usize>> = Default::default();
+            for (l, c) in &assigned { *per.entry(*l).or_default().entry(*c).or_default() += 1; }
+            let mut big: Vec<_> = per.iter().map(|(l, m)| (m.values().sum::<usize>(), *l, m)).collect();
+            big.sort_by(|a, b| b.0.cmp(&a.0));
+            for (n, l, m) in big.iter().take(8) { let mut v: Vec<usize> = m.values().copied().collect(); v.sort_unstable_by(|a, b| b.cmp(a)); v.truncate(12); eprintln!("  {} ({n}): {v:?}", e.names[*l as usize]); }
+        }
+        let s = pair_scores(&assigned);
+        println!("{:>9.3} {:>10.4} {:>8.4} {:>9} {:>8} {:>7}   ({:.1} s)", t, s.precision, s.recall, s.clusters, s.people, s.impure_clusters, started.elapsed().as_secs_f64());
+        rows.push(json!({"threshold": t, "scores": s}));
+    }
+    if let Some(p) = json_out {
+        let v = json!({"split": split, "seed": a.seed, "photos": items.len(), "people": people.len(), "margin": cfg.visitors.margin, "merge_ratio": cfg.visitors.merge_ratio, "results": rows});
+        std::fs::write(p, serde_json::to_string_pretty(&v)?).with_context(|| format!("{}: cannot write", p.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

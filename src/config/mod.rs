@@ -38,6 +38,12 @@ pub struct Config {
     pub gates: Vec<crate::gate::GateConfig>,
     /// The gates' audit log.
     pub gate_log: crate::gate::GateLogConfig,
+    /// Best shots of every track (see `config/examples/visitors.toml`).
+    pub snapshots: crate::visitors::SnapshotsConfig,
+    /// Unknown faces grouped into visitors.
+    pub visitors: crate::visitors::VisitorsConfig,
+    /// Visits per site and day.
+    pub visits: crate::visitors::VisitsConfig,
     /// Folder that relative paths in the file resolve against (the file's folder; the current
     /// folder for the embedded default).
     #[serde(skip)]
@@ -189,6 +195,9 @@ impl Config {
             }
         }
         add("gate_log", self.gate_log.problems());
+        add("snapshots", self.snapshots.problems());
+        add("visitors", self.visitors.problems());
+        add("visits", self.visits.problems(&camera_ids));
         let mut seen = std::collections::HashSet::new();
         for (i, cam) in self.cameras.iter().enumerate() {
             add(&format!("cameras[{i}]"), cam.problems());

@@ -23,6 +23,9 @@ pub struct EmbedRequest {
     /// The face's quality score (size, pose, sharpness) as the track stage judged it.
     pub quality: f32,
     pub captured_instant: Instant,
+    /// A small copy of the frame with the face outlined, when this face is the track's best so
+    /// far and best shots are kept (`snapshots.context_width`).
+    pub context: Option<Arc<crate::image::RgbImage>>,
 }
 
 /// A request with its embedding, or why the batch it was in failed.

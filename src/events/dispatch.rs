@@ -12,7 +12,8 @@ use crate::telemetry::metrics;
 
 /// The event for one update; `None` for camera states when they are not wanted and for the
 /// observed cameras' per-frame and per-embedding updates (they are for applications).
-pub fn to_event(update: &TrackUpdate, camera_states: bool) -> Option<Event> {
+pub fn to_event(update: &TrackUpdate, camera_states: bool, snapshots: bool) -> Option<Event> {
+    use crate::identify::decision::snapshot_id;
     let track_id = |camera: &str, id: u64| format!("{camera}-{id}");
     Some(match update {
         TrackUpdate::Seen(_) | TrackUpdate::Matched(_) => return None,
@@ -38,6 +39,7 @@ pub fn to_event(update: &TrackUpdate, camera_states: bool) -> Option<Event> {
                 latency_s: d.latency_s,
                 nearest_person: d.nearest.as_ref().map(|n| n.1.clone()),
                 nearest_distance: d.nearest.as_ref().map(|_| d.distance),
+                snapshot: snapshots.then(|| snapshot_id(&d.camera, d.track, d.first_seen)),
             },
         ),
         TrackUpdate::Ended(e) => Event::new(
@@ -52,6 +54,7 @@ pub fn to_event(update: &TrackUpdate, camera_states: bool) -> Option<Event> {
                 frames: e.frames,
                 embeddings: e.embeddings,
                 best_score: e.best_distance.map(similarity),
+                snapshot: (snapshots && e.best_crop.is_some()).then(|| snapshot_id(&e.camera, e.track, e.first_seen)),
             },
         ),
     })
@@ -59,7 +62,8 @@ pub fn to_event(update: &TrackUpdate, camera_states: bool) -> Option<Event> {
 
 /// Delivers every update, and every event the applications raise (gate decisions, ...), to
 /// every sink until the bus and every application have closed.
-pub fn run(rx: Receiver<TrackUpdate>, app_events: Receiver<Event>, mut sinks: Vec<Box<dyn EventSink>>, camera_states: bool) {
+/// `snapshots`: best shots are kept (events name them).
+pub fn run(rx: Receiver<TrackUpdate>, app_events: Receiver<Event>, mut sinks: Vec<Box<dyn EventSink>>, camera_states: bool, snapshots: bool) {
     let m = metrics();
     let mut deliver = |event: &Event| {
         for s in sinks.iter_mut() {
@@ -79,7 +83,7 @@ pub fn run(rx: Receiver<TrackUpdate>, app_events: Receiver<Event>, mut sinks: Ve
         if Some(op.index()) == bus_op {
             match op.recv(&rx) {
                 Ok(update) => {
-                    if let Some(event) = to_event(&update, camera_states) {
+                    if let Some(event) = to_event(&update, camera_states, snapshots) {
                         deliver(&event);
                     }
                 }

@@ -42,6 +42,9 @@ pub enum EventBody {
         nearest_person: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         nearest_distance: Option<f32>,
+        /// The track's best shot (`/api/snapshots/{id}`, once the track ended), when kept.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        snapshot: Option<String>,
     },
     /// The track ended (left the picture or the stream ended).
     TrackEnded {
@@ -53,6 +56,22 @@ pub enum EventBody {
         frames: u64,
         embeddings: u32,
         best_score: Option<f32>,
+        /// The track's best shot (`/api/snapshots/{id}`), when kept.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        snapshot: Option<String>,
+    },
+    /// An unknown track was grouped into a visitor (a pseudonymous id, `visitor-<n>`).
+    Visitor {
+        track_id: String,
+        visitor: String,
+        /// First time this visitor was seen.
+        new: bool,
+        /// Distance of the track to the visitor's faces (none for a new visitor).
+        distance: Option<f32>,
+        /// Visitors merged into this one by this track (their ids now redirect here).
+        merged: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        snapshot: Option<String>,
     },
     /// The camera changed state (connecting, streaming, backoff, failed, ended, stopped).
     CameraState { state: String, error: Option<String> },
@@ -99,6 +118,7 @@ impl Event {
             EventBody::TrackEnded { .. } => "track_ended",
             EventBody::CameraState { .. } => "camera_state",
             EventBody::GateDecision { .. } => "gate_decision",
+            EventBody::Visitor { .. } => "visitor",
         }
     }
 

@@ -234,6 +234,12 @@ impl Store {
         Ok(true)
     }
 
+    /// Removes the samples whose source (`image_sha256`) ends with `suffix` (samples enrolled
+    /// from a visitor's track are `visitor:<id>:<track>`); how many.
+    pub fn remove_samples_from(&mut self, suffix: &str) -> Result<usize, StoreError> {
+        Ok(self.conn.execute("DELETE FROM samples WHERE substr(image_sha256, -length(?1)) = ?1", [suffix])?)
+    }
+
     pub fn remove_person(&mut self, id: u64) -> Result<bool, StoreError> {
         Ok(self.conn.execute("DELETE FROM persons WHERE id = ?1", [id as i64])? > 0)
     }

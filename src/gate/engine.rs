@@ -382,7 +382,7 @@ mod tests {
             quality: 0.8,
             captured_instant: at,
             matches: who.iter().map(|(id, n, d)| Match { person_id: *id, name: n.to_string(), distance: *d }).collect(),
-            crop: Arc::new(FaceCrop { rgb: vec![0; 12], side: 2, quality: 0.8 }),
+            crop: Arc::new(FaceCrop { rgb: vec![0; 12], side: 2, quality: 0.8, context: None }),
         }
     }
 

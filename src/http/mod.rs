@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub mod api;
+pub mod visitors;
 
 use axum::Router;
 use axum::extract::State;

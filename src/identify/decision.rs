@@ -56,6 +56,8 @@ pub struct FaceCrop {
     pub rgb: Vec<u8>,
     pub side: u32,
     pub quality: f32,
+    /// The frame around it (small, face outlined), when best shots are kept.
+    pub context: Option<Arc<crate::image::RgbImage>>,
 }
 
 /// The track's identity was decided (a person, or unknown).
@@ -63,6 +65,8 @@ pub struct FaceCrop {
 pub struct TrackDecision {
     pub camera: Arc<str>,
     pub track: u64,
+    /// When the track started (with camera and track: its best shot's id).
+    pub first_seen: SystemTime,
     /// None: unknown.
     pub person: Option<(u64, String)>,
     /// Distance of the deciding match (for unknown: of the nearest person).
@@ -92,6 +96,18 @@ pub struct TrackEnd {
     pub frames: u64,
     pub embeddings: u32,
     pub best_distance: Option<f32>,
+    /// The track's embeddings with their quality, oldest first (for applications that remember
+    /// faces: visitors).
+    pub faces: Vec<(Embedding, f32)>,
+    /// The best-quality crop of the track.
+    pub best_crop: Option<Arc<FaceCrop>>,
+}
+
+/// The id of a track's best shot (`/api/snapshots/{id}`): `<camera>-<track>-<start ms>`, unique
+/// across restarts (track numbers start again, start times do not).
+pub fn snapshot_id(camera: &str, track: u64, first_seen: SystemTime) -> String {
+    let ms = first_seen.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    format!("{camera}-{track}-{ms}")
 }
 
 impl TrackUpdate {

@@ -36,6 +36,8 @@ struct TrackState {
     best_crop: Option<Arc<FaceCrop>>,
     /// Quality-weighted sum of the track's voting embeddings.
     weighted: Vec<f32>,
+    started: SystemTime,
+    qualities: Vec<f32>,
 }
 
 #[derive(Clone, Copy)]
@@ -55,7 +57,7 @@ pub fn identify_stage(cfg: IdentifyConfig, point: OperatingPoint, gallery: Share
         match msg {
             IdentifyMsg::Camera(CameraNotice::State { camera, state, error }) => bus.publish(&TrackUpdate::Camera { camera, state, error }),
             IdentifyMsg::Track(TrackNote::Started { camera, track, bbox, score, at }) => {
-                let st = TrackState { vote: TrackVote::default(), received: 0, ended: None, embeddings: Vec::new(), best_crop: None, weighted: Vec::new() };
+                let st = TrackState { vote: TrackVote::default(), received: 0, ended: None, embeddings: Vec::new(), best_crop: None, weighted: Vec::new(), started: at, qualities: Vec::new() };
                 tracks.insert((camera.clone(), track), st);
                 bus.publish(&TrackUpdate::Started(Arc::new(TrackStart { camera, track, bbox, score, at })));
             }
@@ -92,8 +94,7 @@ pub fn identify_stage(cfg: IdentifyConfig, point: OperatingPoint, gallery: Share
     for key in keys {
         if let Some(mut st) = tracks.remove(&key) {
             if st.ended.is_none() {
-                let now = SystemTime::now();
-                st.ended = Some(Ended { first_seen: now, last_seen: now, frames: 0, requested: 0 });
+                st.ended = Some(Ended { first_seen: st.started, last_seen: SystemTime::now(), frames: 0, requested: 0 });
             }
             finish(&key, st, &mut bus);
         }
@@ -107,13 +108,16 @@ fn identify_one(cfg: &IdentifyConfig, point: &OperatingPoint, gallery: &SharedGa
     let Embedded { request: r, embedding } = e;
     let embedding = embedding.ok()?;
     if st.best_crop.as_ref().is_none_or(|c| r.quality > c.quality) {
-        st.best_crop = Some(Arc::new(FaceCrop { rgb: r.crop.clone(), side: CROP_SIDE as u32, quality: r.quality }));
+        // The context comes with the face that was the best when it was queued; keep the last one.
+        let context = r.context.clone().or_else(|| st.best_crop.as_ref().and_then(|c| c.context.clone()));
+        st.best_crop = Some(Arc::new(FaceCrop { rgb: r.crop.clone(), side: CROP_SIDE as u32, quality: r.quality, context }));
     }
     st.embeddings.push(embedding.clone());
+    st.qualities.push(r.quality);
     if let Some(bus) = observe {
         // The embedding on its own, for applications with a rule of their own (gates).
         let matches = gallery.read().map(|g| g.search(&embedding, 2)).unwrap_or_default();
-        let crop = Arc::new(FaceCrop { rgb: r.crop.clone(), side: CROP_SIDE as u32, quality: r.quality });
+        let crop = Arc::new(FaceCrop { rgb: r.crop.clone(), side: CROP_SIDE as u32, quality: r.quality, context: None });
         bus.publish(&TrackUpdate::Matched(Arc::new(super::decision::TrackMatch {
             camera: r.camera.clone(),
             track: r.track,
@@ -158,6 +162,7 @@ fn identify_one(cfg: &IdentifyConfig, point: &OperatingPoint, gallery: &SharedGa
     Some(TrackDecision {
         camera: r.camera,
         track: r.track,
+        first_seen: st.started,
         person: d.person,
         nearest: d.nearest.map(|(id, name, _)| (id, name)),
         distance: d.distance,
@@ -182,5 +187,7 @@ fn finish(key: &(Arc<str>, u64), st: TrackState, bus: &mut Bus<TrackUpdate>) {
         frames: ended.frames,
         embeddings: st.vote.embeddings,
         best_distance: st.vote.best_distance,
+        faces: st.embeddings.into_iter().zip(st.qualities).collect(),
+        best_crop: st.best_crop,
     })));
 }

@@ -240,7 +240,8 @@ fn locate_library(cfg: &InferConfig) -> Result<PathBuf, InferError> {
     })
 }
 
-fn locate_models(cfg: &InferConfig) -> PathBuf {
+/// Where the model cards are (config, FACESTREAM_MODELS, the checkout, the last setup).
+pub fn locate_models(cfg: &InferConfig) -> PathBuf {
     if let Some(p) = &cfg.models_dir {
         return p.clone();
     }

@@ -39,6 +39,11 @@ pub const HTTP_REJECTED: &str = "facestream_http_rejected_total";
 pub const GATE_DECISIONS: &str = "facestream_gate_decisions_total";
 pub const GATE_DECISION_SECONDS: &str = "facestream_gate_decision_seconds";
 pub const GATE_COMMANDS: &str = "facestream_gate_commands_total";
+pub const VISITOR_TRACKS: &str = "facestream_visitor_tracks_total";
+pub const VISITORS_NEW: &str = "facestream_visitors_new_total";
+pub const VISITS_STARTED: &str = "facestream_visits_started_total";
+pub const SNAPSHOTS: &str = "facestream_snapshots_total";
+pub const VISITORS_ACTIVE: &str = "facestream_visitors_active";
 
 pub struct Metrics {
     pub registry: Registry,
@@ -74,6 +79,11 @@ pub struct Metrics {
     pub gate_decisions: IntCounterVec,
     pub gate_latency: HistogramVec,
     pub gate_commands: IntCounterVec,
+    pub visitor_tracks: IntCounterVec,
+    pub visitors_new: IntCounterVec,
+    pub visits_started: IntCounterVec,
+    pub snapshots: IntCounterVec,
+    pub visitors_active: IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -162,6 +172,15 @@ impl Metrics {
             gate_decisions: counter(&r, GATE_DECISIONS, "Gate decisions by outcome (granted, denied, suppressed) and reason (unknown, not_allowed, schedule, liveness, tailgating, cooldown; none for granted)", &["gate", "outcome", "reason"]),
             gate_latency,
             gate_commands: counter(&r, GATE_COMMANDS, "Signed gate commands by channel (webhook, mqtt) and result (sent, failed, dropped)", &["gate", "channel", "result"]),
+            visitor_tracks: counter(&r, VISITOR_TRACKS, "Ended tracks by what the visitors application made of them (known: a person; visitor: grouped into a visitor; ignored: an ignored visitor's face; skipped: too few or too poor faces to group)", &["camera", "kind"]),
+            visitors_new: counter(&r, VISITORS_NEW, "New visitors (unknown faces not seen before), by the camera that first saw them", &["camera"]),
+            visits_started: counter(&r, VISITS_STARTED, "Visits started (a person or visitor arriving at a site after a gap longer than visits.gap_s), by camera", &["camera"]),
+            snapshots: counter(&r, SNAPSHOTS, "Best shots written (result: written, failed)", &["camera", "result"]),
+            visitors_active: {
+                let g = IntGauge::new(VISITORS_ACTIVE, "Visitor clusters with faces (active and ignored)").expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             registry: r,
         }
     }

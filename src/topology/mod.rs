@@ -160,8 +160,8 @@ pub fn start_with(cfg: &Config, gallery: SharedGallery, extra_sinks: Vec<Box<dyn
     let mut bus = Bus::default();
     let events_rx = bus.subscribe("events", cfg.events.queue, m.bus_dropped.with_label_values(&["events"]));
     let (app_events_tx, app_events_rx) = bounded::<crate::events::Event>(1024, WhenFull::DropNewest, q("app_events"));
-    let camera_states = cfg.events.camera_states;
-    spawn(&mut threads, "events".into(), move || crate::events::dispatch::run(events_rx, app_events_rx, sinks, camera_states))?;
+    let (camera_states, snapshots) = (cfg.events.camera_states, cfg.snapshots.enabled);
+    spawn(&mut threads, "events".into(), move || crate::events::dispatch::run(events_rx, app_events_rx, sinks, camera_states, snapshots))?;
     let mut observed: HashMap<Arc<str>, ObservePolicy> = HashMap::new();
     for (camera, policy) in apps.iter().flat_map(|a| a.observe.iter()) {
         // Two applications watching one camera: the more demanding policy serves both.
@@ -189,8 +189,9 @@ pub fn start_with(cfg: &Config, gallery: SharedGallery, extra_sinks: Vec<Box<dyn
     }
     drop((inputs, track_tx));
     let (tcfg, notes_tx, quality_floor) = (cfg.track.clone(), id_tx.clone(), cfg.identify.quality_floor);
+    let context_width = if cfg.snapshots.enabled { cfg.snapshots.context_width } else { 0 };
     let notes = move |n: TrackNote| notes_tx.push(IdentifyMsg::Track(n)).is_ok();
-    spawn(&mut threads, "track".into(), move || track_stage(tcfg, track_rx, decided_rx, TrackOutputs { embed: embed_tx, embed_priority: embed_prio_tx, observed, notes, quality_floor }))?;
+    spawn(&mut threads, "track".into(), move || track_stage(tcfg, track_rx, decided_rx, TrackOutputs { embed: embed_tx, embed_priority: embed_prio_tx, observed, notes, quality_floor, context_width }))?;
     let bcfg = cfg.batch.clone();
     spawn(&mut threads, "batcher".into(), move || batch_stage(bcfg, embed_rx, embed_prio_rx, batch_tx))?;
     for (w, mut emb) in embedders.into_iter().enumerate() {

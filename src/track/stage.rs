@@ -80,6 +80,8 @@ pub struct TrackOutputs<N: Outlet<TrackNote>> {
     pub notes: N,
     /// Faces below this quality are not embedded: they would never vote (`identify.quality_floor`).
     pub quality_floor: f32,
+    /// Width of the context frame sent with a track's best face so far (0: none).
+    pub context_width: u32,
 }
 
 /// The track stage: one tracker per camera, fed in each camera's queue order; decides which faces
@@ -218,9 +220,12 @@ fn track_frame<N: Outlet<TrackNote>>(cfg: &TrackConfig, ct: &mut CameraTracks, c
         if q < out.quality_floor {
             continue;
         }
+        let best = q > info.best_quality;
         info.best_quality = info.best_quality.max(q);
         info.last_embed = Some(now);
-        let req = EmbedRequest { camera: camera.clone(), track: *id, crop: crop.to_vec(), bbox: face.bbox, quality: q, captured_instant: frame.captured_instant };
+        let b = face.bbox;
+        let context = (best && out.context_width > 0).then(|| Arc::new(crate::image::thumbnail(&frame.image, out.context_width, Some([b.x1, b.y1, b.x2, b.y2]))));
+        let req = EmbedRequest { camera: camera.clone(), track: *id, crop: crop.to_vec(), bbox: face.bbox, quality: q, captured_instant: frame.captured_instant, context };
         let queue = if observe.is_some() { &out.embed_priority } else { &out.embed };
         match queue.push(req) {
             Ok(()) => info.requested += 1,

@@ -82,7 +82,7 @@ fn default_prefix() -> String {
     "facestream".into()
 }
 
-const KINDS: [&str; 5] = ["track_started", "identified", "track_ended", "camera_state", "gate_decision"];
+const KINDS: [&str; 6] = ["track_started", "identified", "track_ended", "camera_state", "gate_decision", "visitor"];
 
 fn check_kinds(events: &[String]) -> Result<(), (String, String)> {
     for e in events {
