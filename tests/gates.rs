@@ -61,7 +61,7 @@ fn run(config: &str, dir: &Path, limit: Duration) -> Vec<Event> {
     cfg.validate_for_run(Path::new("gate-test.toml")).unwrap();
     let loaded = load_gallery(&cfg).unwrap();
     let (tx, rx) = bounded(100_000);
-    let app = App::start(&cfg, loaded, AppOptions { http: false, extra_sinks: vec![Box::new(ChannelSink { name: "test", tx })], apps: Vec::new() }).unwrap();
+    let app = App::start(&cfg, loaded, AppOptions { http: false, extra_sinks: vec![Box::new(ChannelSink { name: "test", tx })], apps: Vec::new(), ..AppOptions::default() }).unwrap();
     assert!(app.run_until(Some(limit), &AtomicBool::new(false), Duration::from_secs(20)), "the pipeline did not drain");
     app.finish();
     let events: Vec<Event> = rx.try_iter().collect();

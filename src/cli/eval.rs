@@ -288,13 +288,6 @@ pub fn cmd_cluster(cfg: &Config, identities: &Path, a: &OpenSetArgs, split: &str
     for t in list {
         let started = std::time::Instant::now();
         let assigned = cluster_all(cfg.visitors.params_at(t), &items);
-        if std::env::var_os("FACESTREAM_CLUSTER_DEBUG").is_some() {
-            let mut per: std::collections::HashMap<u32, std::collections::HashMap<u64, usize>> = Default::default();
-            for (l, c) in &assigned { *per.entry(*l).or_default().entry(*c).or_default() += 1; }
-            let mut big: Vec<_> = per.iter().map(|(l, m)| (m.values().sum::<usize>(), *l, m)).collect();
-            big.sort_by(|a, b| b.0.cmp(&a.0));
-            for (n, l, m) in big.iter().take(8) { let mut v: Vec<usize> = m.values().copied().collect(); v.sort_unstable_by(|a, b| b.cmp(a)); v.truncate(12); eprintln!("  {} ({n}): {v:?}", e.names[*l as usize]); }
-        }
         let s = pair_scores(&assigned);
         println!("{:>9.3} {:>10.4} {:>8.4} {:>9} {:>8} {:>7}   ({:.1} s)", t, s.precision, s.recall, s.clusters, s.people, s.impure_clusters, started.elapsed().as_secs_f64());
         rows.push(json!({"threshold": t, "scores": s}));

@@ -277,7 +277,7 @@ impl Visitors {
                     None => {}
                 }
             }
-            let rec = TrackRecord { id: &sighting_id, track_id: &track_id, camera: &e.camera, first_ms, last_ms, subject, snapshot: snapshot.as_ref(), template: template.as_deref(), model_id: &self.model_id, quality: best_quality, sites: &sites, gap_ms };
+            let rec = TrackRecord { id: &sighting_id, track_id: &track_id, camera: &e.camera, first_ms, last_ms, subject, person_name: e.person.as_ref().map(|p| p.1.as_str()), snapshot: snapshot.as_ref(), template: template.as_deref(), model_id: &self.model_id, quality: best_quality, sites: &sites, gap_ms };
             let new_visits = VisitorStore::record_track(&tx, &rec)?;
             tx.commit()?;
             Ok((subject, planned, new_visits))

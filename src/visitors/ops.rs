@@ -134,7 +134,7 @@ pub fn reject(p: &Places, track_id: &str, params: super::cluster::ClusterParams,
         return Err(VisitorStoreError::Refused(format!("track {track_id} was not named (it is {})", sighting.visitor_id.map(visitor_name).unwrap_or_else(|| "unknown".into()))).into());
     };
     let mut gallery = Store::open(&p.store_path)?;
-    let person = gallery.person(pid)?.map(|x| x.name).unwrap_or_else(|| format!("person-{pid}"));
+    let person = gallery.person(pid)?.map(|x| x.name).or(sighting.person_name.clone()).unwrap_or_else(|| format!("person-{pid}"));
     let samples_removed = gallery.remove_samples_from(&format!(":{}", sighting.id))?;
     let sites = (p.sites_of)(&sighting.camera);
     let mut clusterer = Clusterer::new(params, vs.clusters(&p.model_id)?);
@@ -183,6 +183,12 @@ pub fn forget(p: &Places, subject: &str) -> Result<Forgotten, OpsError> {
         return Ok(Forgotten { subject: v.name, kind: "visitor", files_deleted: super::delete_files(&p.snapshot_dir, &files), gate_log_entries: 0 });
     }
     let Some(person) = gallery.person_by_name(subject)? else {
+        // A person of the config's [[gallery.people]] is not in the store: their sightings are.
+        if let Some(pid) = vs.person_id_by_name(subject)? {
+            let files = vs.forget_person(pid)?;
+            let gate_log_entries = audit.forget_person(subject)?;
+            return Ok(Forgotten { subject: subject.to_string(), kind: "config person (also remove them from [[gallery.people]])", files_deleted: super::delete_files(&p.snapshot_dir, &files), gate_log_entries });
+        }
         return Err(VisitorStoreError::NoSubject(subject.to_string()).into());
     };
     let files = vs.forget_person(person.id)?;

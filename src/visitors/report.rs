@@ -96,7 +96,7 @@ pub fn day(store: &VisitorStore, day: &str, tz: &str, site: Option<&str>, names:
         let (who, kind, returning) = match (v.person_id, v.visitor_id) {
             (Some(p), _) => {
                 known.insert(p);
-                (names.get(&p).cloned().unwrap_or_else(|| format!("person-{p}")), "person", before_p.contains(&p))
+                (names.get(&p).cloned().or_else(|| v.person_name.clone()).unwrap_or_else(|| format!("person-{p}")), "person", before_p.contains(&p))
             }
             (_, Some(id)) => {
                 visitors.insert(id);

@@ -78,6 +78,7 @@ pub struct Sighting {
     pub first_ms: i64,
     pub last_ms: i64,
     pub person_id: Option<u64>,
+    pub person_name: Option<String>,
     pub visitor_id: Option<u64>,
     pub snapshot: Option<String>,
 }
@@ -87,6 +88,7 @@ pub struct VisitRow {
     pub id: u64,
     pub site: String,
     pub person_id: Option<u64>,
+    pub person_name: Option<String>,
     pub visitor_id: Option<u64>,
     pub first_ms: i64,
     pub last_ms: i64,
@@ -110,6 +112,8 @@ pub struct TrackRecord<'a> {
     pub first_ms: i64,
     pub last_ms: i64,
     pub subject: Option<Subject>,
+    /// The person's name as the pipeline knew it (persons of the config are not in the store).
+    pub person_name: Option<&'a str>,
     pub snapshot: Option<&'a SnapshotRow>,
     /// The track's template, kept with the sighting (for feedback) until the faces' retention.
     pub template: Option<&'a [f32]>,
@@ -188,6 +192,7 @@ impl VisitorStore {
                 first_ms INTEGER NOT NULL,
                 last_ms INTEGER NOT NULL,
                 person_id INTEGER,
+                person_name TEXT,
                 visitor_id INTEGER,
                 snapshot TEXT,
                 template BLOB,
@@ -200,6 +205,7 @@ impl VisitorStore {
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
                 site TEXT NOT NULL,
                 person_id INTEGER,
+                person_name TEXT,
                 visitor_id INTEGER,
                 first_ms INTEGER NOT NULL,
                 last_ms INTEGER NOT NULL,
@@ -309,8 +315,8 @@ impl VisitorStore {
             None => (None, None),
         };
         tx.execute(
-            "INSERT OR REPLACE INTO sightings (id, track_id, camera, first_ms, last_ms, person_id, visitor_id, snapshot, template, model_id, quality) VALUES (?11, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![t.track_id, t.camera, t.first_ms, t.last_ms, person, visitor, t.snapshot.map(|s| s.id.clone()), t.template.map(blob), t.model_id, t.quality, t.id],
+            "INSERT OR REPLACE INTO sightings (id, track_id, camera, first_ms, last_ms, person_id, visitor_id, snapshot, template, model_id, quality, person_name) VALUES (?11, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?12)",
+            params![t.track_id, t.camera, t.first_ms, t.last_ms, person, visitor, t.snapshot.map(|s| s.id.clone()), t.template.map(blob), t.model_id, t.quality, t.id, t.person_name],
         )?;
         if let Some(s) = t.snapshot {
             Self::insert_snapshot(tx, s)?;
@@ -327,6 +333,9 @@ impl VisitorStore {
         }
         for site in t.sites {
             new.push(Self::add_to_visit(tx, site, person, visitor, t.camera, t.first_ms, t.last_ms, t.gap_ms)?);
+            if let (Some(_), Some(n)) = (person, t.person_name) {
+                tx.execute("UPDATE visits SET person_name = ?1 WHERE person_id = ?2 AND person_name IS NULL", params![n, person])?;
+            }
         }
         Ok(new)
     }
@@ -440,11 +449,11 @@ impl VisitorStore {
         Ok(self
             .conn
             .query_row(
-                "SELECT id, track_id, camera, first_ms, last_ms, person_id, visitor_id, snapshot, template, model_id, quality FROM sightings WHERE id = ?1 OR track_id = ?1 ORDER BY id = ?1 DESC, first_ms DESC LIMIT 1",
+                "SELECT id, track_id, camera, first_ms, last_ms, person_id, visitor_id, snapshot, template, model_id, quality, person_name FROM sightings WHERE id = ?1 OR track_id = ?1 ORDER BY id = ?1 DESC, first_ms DESC LIMIT 1",
                 [id_or_track],
                 |r| {
                     Ok((
-                        Sighting { id: r.get(0)?, track_id: r.get(1)?, camera: r.get(2)?, first_ms: r.get(3)?, last_ms: r.get(4)?, person_id: opt_u64(r.get(5)?), visitor_id: opt_u64(r.get(6)?), snapshot: r.get(7)? },
+                        Sighting { id: r.get(0)?, track_id: r.get(1)?, camera: r.get(2)?, first_ms: r.get(3)?, last_ms: r.get(4)?, person_id: opt_u64(r.get(5)?), person_name: r.get(11)?, visitor_id: opt_u64(r.get(6)?), snapshot: r.get(7)? },
                         r.get::<_, Option<Vec<u8>>>(8)?.map(|b| unblob(&b)),
                         r.get(9)?,
                         r.get::<_, f64>(10)? as f32,
@@ -456,9 +465,9 @@ impl VisitorStore {
 
     /// Sightings whose track started in `[from, to)` (ms), oldest first.
     pub fn sightings(&self, from: i64, to: i64) -> Result<Vec<Sighting>, VisitorStoreError> {
-        let mut st = self.conn.prepare("SELECT id, track_id, camera, first_ms, last_ms, person_id, visitor_id, snapshot FROM sightings WHERE first_ms >= ?1 AND first_ms < ?2 ORDER BY first_ms")?;
+        let mut st = self.conn.prepare("SELECT id, track_id, camera, first_ms, last_ms, person_id, visitor_id, snapshot, person_name FROM sightings WHERE first_ms >= ?1 AND first_ms < ?2 ORDER BY first_ms")?;
         let rows = st.query_map(params![from, to], |r| {
-            Ok(Sighting { id: r.get(0)?, track_id: r.get(1)?, camera: r.get(2)?, first_ms: r.get(3)?, last_ms: r.get(4)?, person_id: opt_u64(r.get(5)?), visitor_id: opt_u64(r.get(6)?), snapshot: r.get(7)? })
+            Ok(Sighting { id: r.get(0)?, track_id: r.get(1)?, camera: r.get(2)?, first_ms: r.get(3)?, last_ms: r.get(4)?, person_id: opt_u64(r.get(5)?), person_name: r.get(8)?, visitor_id: opt_u64(r.get(6)?), snapshot: r.get(7)? })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -466,7 +475,7 @@ impl VisitorStore {
     /// Visits that overlap `[from, to)` (ms), of visitors not ignored.
     pub fn visits(&self, from: i64, to: i64) -> Result<Vec<VisitRow>, VisitorStoreError> {
         let mut st = self.conn.prepare(
-            "SELECT id, site, person_id, visitor_id, first_ms, last_ms, tracks, cameras FROM visits
+            "SELECT id, site, person_id, visitor_id, first_ms, last_ms, tracks, cameras, person_name FROM visits
              WHERE last_ms >= ?1 AND first_ms < ?2
                AND (visitor_id IS NULL OR visitor_id NOT IN (SELECT id FROM visitors WHERE state = 'ignored'))
              ORDER BY first_ms, id",
@@ -477,6 +486,7 @@ impl VisitorStore {
                 id: r.get::<_, i64>(0)? as u64,
                 site: r.get(1)?,
                 person_id: opt_u64(r.get(2)?),
+                person_name: r.get(8)?,
                 visitor_id: opt_u64(r.get(3)?),
                 first_ms: r.get(4)?,
                 last_ms: r.get(5)?,
@@ -589,6 +599,11 @@ impl VisitorStore {
         Ok(files)
     }
 
+    /// The person id sightings recorded under this name (persons of the config).
+    pub fn person_id_by_name(&self, name: &str) -> Result<Option<u64>, VisitorStoreError> {
+        Ok(self.conn.query_row("SELECT person_id FROM sightings WHERE person_name = ?1 AND person_id IS NOT NULL LIMIT 1", [name], |r| r.get::<_, i64>(0)).optional()?.map(|x| x as u64))
+    }
+
     /// Deletes a person's sightings, visits, snapshots and feedback (and the visitor rows that
     /// became the person); the files to delete are returned.
     pub fn forget_person(&mut self, person_id: u64) -> Result<Vec<String>, VisitorStoreError> {
@@ -668,4 +683,52 @@ pub struct PurgeCounts {
     pub snapshots: usize,
     pub faces: usize,
     pub visits: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    fn track(store: &mut VisitorStore, id: &str, camera: &str, at: i64, subject: Subject, template: &[f32]) -> Vec<bool> {
+        let snap = SnapshotRow { id: id.into(), camera: camera.into(), track_id: id.into(), at_ms: at, person_id: None, visitor_id: None, quality: 0.5, face_file: format!("{id}.jpg"), context_file: None };
+        let tx = store.begin().unwrap();
+        let rec = TrackRecord { id, track_id: id, camera, first_ms: at, last_ms: at + MIN, subject: Some(subject), person_name: Some("ann"), snapshot: Some(&snap), template: Some(template), model_id: "m", quality: 0.5, sites: &["all".to_string()], gap_ms: 10 * MIN };
+        let new = VisitorStore::record_track(&tx, &rec).unwrap();
+        tx.commit().unwrap();
+        new
+    }
+
+    #[test]
+    fn sightings_within_the_gap_make_one_visit_and_retention_purges_each_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = VisitorStore::open(&dir.path().join("g.db")).unwrap();
+        let t = crate::embed::normalized(&[1.0; crate::embed::DIM]);
+        assert_eq!(track(&mut s, "a", "door", 0, Subject::Person(7), &t), [true], "the first sighting starts a visit");
+        assert_eq!(track(&mut s, "b", "hall", 5 * MIN, Subject::Person(7), &t), [false], "4 min after the last: the same visit");
+        assert_eq!(track(&mut s, "c", "door", 30 * MIN, Subject::Person(7), &t), [true], "24 min later: a new visit");
+        let visits = s.visits(0, i64::MAX).unwrap();
+        assert_eq!(visits.len(), 2);
+        assert_eq!((visits[0].tracks, visits[0].cameras.clone(), visits[0].last_ms), (2, vec!["door".to_string(), "hall".to_string()], 6 * MIN));
+        assert_eq!(visits[0].person_name.as_deref(), Some("ann"));
+        // A visitor, then its merge into another: visits and sightings follow.
+        let tx = s.begin().unwrap();
+        let (v1, v2) = (VisitorStore::new_visitor(&tx, 0).unwrap(), VisitorStore::new_visitor(&tx, 0).unwrap());
+        VisitorStore::add_face(&tx, v2, &t, "m", 0.4, 40 * MIN, "d").unwrap();
+        tx.commit().unwrap();
+        track(&mut s, "d", "door", 40 * MIN, Subject::Visitor(v2), &t);
+        let tx = s.begin().unwrap();
+        VisitorStore::merge(&tx, v1, v2).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(s.resolve(v2).unwrap().unwrap().id, v1, "the merged id redirects");
+        assert_eq!(s.visits(0, i64::MAX).unwrap().iter().filter(|v| v.visitor_id == Some(v1)).count(), 1);
+        assert_eq!(s.clusters("m").unwrap().iter().map(|c| c.id).collect::<Vec<_>>(), [v1], "the faces moved too");
+        // Retention: snapshots before 10 min, faces before 45 min, visits before 20 min.
+        let (files, counts) = s.purge(10 * MIN, 45 * MIN, 20 * MIN).unwrap();
+        assert_eq!(files, ["a.jpg", "b.jpg"]);
+        assert_eq!(counts, PurgeCounts { snapshots: 2, faces: 1, visits: 1 });
+        assert!(s.clusters("m").unwrap().is_empty(), "the visitor's only face expired");
+        assert_eq!(s.visitor(v1).unwrap().unwrap().state, "active", "the visitor row stays (its visits count)");
+    }
 }
