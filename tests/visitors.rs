@@ -107,6 +107,23 @@ fn two_signers_are_two_visitors_who_return_the_next_day_are_named_once_named_and
         let r: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(r["visitors"], 2, "{r}");
         assert_eq!(get(&format!("{base}/api/visits?day=someday")).0, 400);
+        // The dashboard's visitor panels query metrics /metrics exposes (no person label).
+        let text = String::from_utf8(get(&format!("{base}/metrics")).1).unwrap();
+        let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("config/grafana/facestream.json")).unwrap()).unwrap();
+        let mut checked = 0;
+        for p in dashboard["panels"].as_array().unwrap().iter().filter(|p| p["type"] != "row" && p["title"].as_str().unwrap().starts_with("Visitor")) {
+            for t in p["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                for (i, _) in expr.match_indices("facestream_") {
+                    let name: String = expr[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                    assert!(text.lines().any(|l| l.starts_with(&name)), "panel `{}` queries {name}, which /metrics does not expose", p["title"]);
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 5, "the visitors row is on the board");
+        assert!(text.lines().any(|l| l.starts_with("facestream_visitor_tracks_total{camera=\"again\",kind=\"visitor\"} 1")), "per-camera counters");
+        assert!(!text.lines().any(|l| l.starts_with("facestream_visit") && (l.contains("visitor-") || l.contains("person="))), "never a person or visitor label");
     });
     let by_cam = visitors_by_camera(&events);
     eprintln!("day 1: {by_cam:?}");
