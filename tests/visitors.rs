@@ -266,3 +266,36 @@ fn kill_9_during_clustering_loses_no_committed_visitor() {
         assert!(list.iter().any(|x| x.id == v.id), "{} kept its id", v.name);
     }
 }
+
+/// The README's example, as a user runs it: `run`, then `visitors list` shows the two signers,
+/// and the CLI's visits report and `forget` work on what it stored.
+#[test]
+fn the_example_config_finds_two_visitors_and_the_cli_reports_and_forgets_them() {
+    let example = root().join("config/examples/visitors.toml");
+    let cfg = Config::load(&example).unwrap();
+    let store = cfg.gallery.store_path(&cfg.base_dir);
+    let _ = std::fs::remove_dir_all(store.parent().unwrap());
+    let bin = env!("CARGO_BIN_EXE_facestream");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(bin).args(["--log", "warn", "--config"]).arg(&example).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let events = cli(&["run"]);
+    assert_eq!(events.lines().filter(|l| l.contains("\"event\":\"visitor\"")).count(), 4, "one visitor event per clip: {events}");
+    let list = cli(&["visitors", "list"]);
+    assert!(list.contains("2 visitor(s): 2 active"), "{list}");
+    let report: serde_json::Value = serde_json::from_str(&cli(&["visits", "report", "--format", "json"])).unwrap();
+    assert_eq!((report["visitors"].as_u64(), report["visits"].as_u64()), (Some(2), Some(2)), "{report}");
+    assert_eq!(report["per_camera"].as_object().unwrap().len(), 4);
+    let csv = cli(&["visits", "report", "--format", "csv"]);
+    assert_eq!(csv.lines().count(), 3, "a header and one line per visitor: {csv}");
+    let out = cli(&["forget", "visitor-2"]);
+    assert!(out.contains("visitor-2 (visitor) forgotten"), "{out}");
+    assert!(cli(&["visitors", "list"]).contains("1 visitor(s)"));
+    let bad = std::process::Command::new(bin).args(["--log", "warn", "--config"]).arg(&example).args(["visitors", "name", "visitor-99", "x"]).output().unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("no visitor `visitor-99`"), "{}", String::from_utf8_lossy(&bad.stderr));
+    for sub in [&["visitors", "--help"][..], &["visits", "report", "--help"], &["forget", "--help"]] {
+        assert!(!cli(sub).is_empty());
+    }
+}

@@ -457,6 +457,35 @@ const OPENAPI: &str = r##"{
       "parameters": [{"name": "gate", "in": "path", "required": true, "schema": {"type": "string"}}, {"name": "entry", "in": "path", "required": true, "schema": {"type": "integer"}}],
       "get": {"summary": "The face crop (JPEG) a decision rests on", "responses": {"200": {"description": "image/jpeg"}, "404": {"description": "no crop"}}}
     },
+    "/api/snapshots/{id}": {
+      "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}, {"name": "kind", "in": "query", "schema": {"type": "string", "enum": ["face", "context"]}}],
+      "get": {"summary": "A track's best shot (JPEG): the face crop, or the context frame", "responses": {"200": {"description": "image/jpeg"}, "404": {"description": "no such snapshot"}}}
+    },
+    "/api/visitors": {
+      "parameters": [{"name": "all", "in": "query", "schema": {"type": "boolean"}, "description": "also merged and named visitors"}],
+      "get": {"summary": "Visitors (unknown faces grouped), oldest first", "responses": {"200": {"description": "visitors"}}}
+    },
+    "/api/visitors/{id}": {
+      "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": "visitor-<n>"}],
+      "get": {"summary": "One visitor with its visits and what it is now (after merges)", "responses": {"200": {"description": "visitor"}, "404": {"description": "no such visitor"}}},
+      "delete": {"summary": "Forget a visitor: faces, best shots, sightings, visits", "responses": {"200": {"description": "forgotten"}, "404": {"description": "no such visitor"}}}
+    },
+    "/api/visitors/{id}/name": {
+      "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+      "post": {"summary": "Make a visitor a person: its best faces are enrolled under the name", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}}}, "responses": {"200": {"description": "named"}, "404": {"description": "no such visitor"}, "409": {"description": "refused (no good face, already named)"}}}
+    },
+    "/api/visitors/{id}/ignore": {
+      "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+      "post": {"summary": "Never count or name this visitor (a poster, a TV); {\"ignored\": false} reverts", "responses": {"200": {"description": "done"}, "404": {"description": "no such visitor"}}}
+    },
+    "/api/visits": {
+      "parameters": [{"name": "day", "in": "query", "schema": {"type": "string"}, "description": "YYYY-MM-DD, today, yesterday"}, {"name": "site", "in": "query", "schema": {"type": "string"}}],
+      "get": {"summary": "The day's visits: unique known people and visitors, returning ones, per camera and hour", "responses": {"200": {"description": "report"}, "400": {"description": "bad day"}}}
+    },
+    "/api/forget/{subject}": {
+      "parameters": [{"name": "subject", "in": "path", "required": true, "schema": {"type": "string"}, "description": "a person's name or visitor-<n>"}],
+      "post": {"summary": "Forget a person or visitor entirely (faces, samples, best shots, sightings, visits, gate log)", "responses": {"200": {"description": "forgotten"}, "404": {"description": "no such person or visitor"}}}
+    },
     "/api/recognize": {
       "post": {"summary": "Every face of an image with its identity",
                "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {"image": {"type": "string", "format": "binary"}}}}, "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
