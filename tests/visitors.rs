@@ -168,12 +168,12 @@ fn two_signers_are_two_visitors_who_return_the_next_day_are_named_once_named_and
     let events = play(&cfg, 2 * DAY, |_| {});
     let mut named_in = HashSet::new();
     for e in &events {
-        if let EventBody::Identified { person, .. } = &e.body {
-            if person != "unknown" {
-                assert_eq!(person, "signer_A");
-                assert_ne!(e.camera, "book", "signer B is not signer A");
-                named_in.insert(e.camera.clone());
-            }
+        if let EventBody::Identified { person, .. } = &e.body
+            && person != "unknown"
+        {
+            assert_eq!(person, "signer_A");
+            assert_ne!(e.camera, "book", "signer B is not signer A");
+            named_in.insert(e.camera.clone());
         }
     }
     assert!(!named_in.is_empty(), "signer A was named in the run after naming: {events:?}");

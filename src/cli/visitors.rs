@@ -109,7 +109,7 @@ pub fn cmd_visitors(cfg: &Config, action: VisitorsAction, store: Option<PathBuf>
             let id = parse_visitor(&visitor).with_context(|| format!("`{visitor}` is not a visitor id (visitor-<n>)"))?;
             let Some(v) = vs.visitor(id)? else { bail!("no visitor `{visitor}` (see `facestream visitors list`)") };
             let now = vs.resolve(id)?;
-            let faces: Vec<serde_json::Value> = vs.faces(id)?.into_iter().map(|(fid, _, q, track)| serde_json::json!({"face": fid, "quality": q, "track_id": track})).collect();
+            let faces: Vec<serde_json::Value> = vs.faces(id)?.into_iter().map(|f| serde_json::json!({"face": f.id, "quality": f.quality, "sighting": f.sighting})).collect();
             let visits: Vec<_> = vs.visits(0, i64::MAX)?.into_iter().filter(|x| x.visitor_id == Some(id)).collect();
             let v = serde_json::json!({"visitor": v, "now": now.map(|n| n.name), "faces": faces, "visits": visits});
             writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;

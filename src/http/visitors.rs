@@ -45,8 +45,8 @@ async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))
 }
 
-fn open(s: &VisitorsHttp) -> Result<VisitorStore, Response> {
-    VisitorStore::open(&s.places.store_path).map_err(|e| err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))
+fn open(s: &VisitorsHttp) -> Result<VisitorStore, VisitorStoreError> {
+    VisitorStore::open(&s.places.store_path)
 }
 
 pub fn router(state: VisitorsHttp) -> Router {
@@ -71,7 +71,7 @@ async fn snapshot(State(s): State<VisitorsHttp>, UrlPath(id): UrlPath<String>, Q
     blocking(move || {
         let store = match open(&s) {
             Ok(v) => v,
-            Err(r) => return r,
+            Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
         };
         let row = match store.snapshot(&id) {
             Ok(Some(r)) => r,
@@ -100,10 +100,9 @@ struct ListQuery {
 }
 
 async fn list(State(s): State<VisitorsHttp>, Query(q): Query<ListQuery>) -> Response {
-    blocking(move || match open(&s).map(|st| st.visitors(q.all.unwrap_or(false))) {
-        Ok(Ok(v)) => axum::Json(json!({"visitors": v})).into_response(),
-        Ok(Err(e)) => err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
-        Err(r) => r,
+    blocking(move || match open(&s).and_then(|st| st.visitors(q.all.unwrap_or(false))) {
+        Ok(v) => axum::Json(json!({"visitors": v})).into_response(),
+        Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
     })
     .await
 }
@@ -112,7 +111,7 @@ async fn one(State(s): State<VisitorsHttp>, UrlPath(id): UrlPath<String>) -> Res
     blocking(move || {
         let store = match open(&s) {
             Ok(v) => v,
-            Err(r) => return r,
+            Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
         };
         let Some(n) = parse_visitor(&id) else { return err(StatusCode::BAD_REQUEST, "bad_request", format!("`{id}` is not a visitor id (visitor-<n>)")) };
         match (store.visitor(n), store.resolve(n)) {
@@ -203,7 +202,7 @@ async fn visits(State(s): State<VisitorsHttp>, Query(q): Query<VisitsQuery>) -> 
     blocking(move || {
         let store = match open(&s) {
             Ok(v) => v,
-            Err(r) => return r,
+            Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
         };
         let names: BTreeMap<u64, String> = crate::gallery::store::Store::open(&s.places.store_path).and_then(|g| g.persons()).map(|p| p.into_iter().map(|x| (x.id, x.name)).collect()).unwrap_or_default();
         match report::day(&store, q.day.as_deref().unwrap_or("today"), &s.timezone, q.site.as_deref(), &names, std::time::SystemTime::now()) {

@@ -245,7 +245,9 @@ impl Visitors {
         let gap_ms = (self.visits.gap_s * 1000.0) as i64;
         let groupable = e.faces.len() as u32 >= self.vcfg.min_embeddings && best_quality >= self.vcfg.min_quality;
         let known = e.person.as_ref().map(|p| p.0);
-        let result = (|| -> Result<(Option<Subject>, Option<(Plan, u64)>, Vec<bool>), VisitorStoreError> {
+        // What the transaction committed: the subject, the clustering step, new visits per site.
+        type Committed = (Option<Subject>, Option<(Plan, u64)>, Vec<bool>);
+        let result = (|| -> Result<Committed, VisitorStoreError> {
             let tx = self.store.begin()?;
             let mut subject = known.map(Subject::Person);
             let mut planned = None;

@@ -20,6 +20,9 @@ pub enum OpsError {
     Audit(#[from] crate::gate::audit::AuditError),
 }
 
+/// The sites a camera belongs to.
+pub type SitesOf = Box<dyn Fn(&str) -> Vec<String> + Send + Sync>;
+
 /// Where the operations act.
 pub struct Places {
     pub store_path: PathBuf,
@@ -28,7 +31,7 @@ pub struct Places {
     pub model_id: String,
     pub visits_gap_ms: i64,
     /// Sites of each camera (for rebuilt visits).
-    pub sites_of: Box<dyn Fn(&str) -> Vec<String> + Send + Sync>,
+    pub sites_of: SitesOf,
 }
 
 fn visitor_or_err(store: &VisitorStore, s: &str) -> Result<super::store::VisitorRow, OpsError> {
@@ -61,7 +64,7 @@ pub fn name(p: &Places, visitor: &str, name: &str, max_faces: usize, min_quality
     };
     let mut chosen = Vec::new();
     let mut skipped = Vec::new();
-    for (_, emb, q, track) in vs.faces(v.id)? {
+    for super::store::VisitorFace { embedding: emb, quality: q, sighting: track, .. } in vs.faces(v.id)? {
         if chosen.len() >= max_faces {
             break;
         }
@@ -129,7 +132,7 @@ pub struct Rejected {
 /// sample enrolled from it goes, and it is grouped with the unknown visitors instead.
 pub fn reject(p: &Places, track_id: &str, params: super::cluster::ClusterParams, now_ms: i64) -> Result<Rejected, OpsError> {
     let mut vs = VisitorStore::open(&p.store_path)?;
-    let (sighting, template, model, quality) = vs.sighting(track_id)?.ok_or_else(|| VisitorStoreError::NoTrack(track_id.to_string()))?;
+    let super::store::SightingFull { sighting, template, model_id: model, quality } = vs.sighting(track_id)?.ok_or_else(|| VisitorStoreError::NoTrack(track_id.to_string()))?;
     let Some(pid) = sighting.person_id else {
         return Err(VisitorStoreError::Refused(format!("track {track_id} was not named (it is {})", sighting.visitor_id.map(visitor_name).unwrap_or_else(|| "unknown".into()))).into());
     };

@@ -96,6 +96,25 @@ pub struct VisitRow {
     pub cameras: Vec<String>,
 }
 
+/// One face (track template) of a visitor.
+#[derive(Clone, Debug)]
+pub struct VisitorFace {
+    pub id: u64,
+    pub embedding: Vec<f32>,
+    pub quality: f32,
+    /// The sighting it came from.
+    pub sighting: String,
+}
+
+/// A sighting with its template (kept until the faces' retention) and how it was made.
+#[derive(Clone, Debug)]
+pub struct SightingFull {
+    pub sighting: Sighting,
+    pub template: Option<Vec<f32>>,
+    pub model_id: String,
+    pub quality: f32,
+}
+
 /// Who a track was: a person, a visitor, or nobody counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Subject {
@@ -413,10 +432,10 @@ impl VisitorStore {
         Ok(cur)
     }
 
-    /// A visitor's faces (embedding, quality, track), best first.
-    pub fn faces(&self, visitor: u64) -> Result<Vec<(u64, Vec<f32>, f32, String)>, VisitorStoreError> {
+    /// A visitor's faces, best first.
+    pub fn faces(&self, visitor: u64) -> Result<Vec<VisitorFace>, VisitorStoreError> {
         let mut st = self.conn.prepare("SELECT id, embedding, quality, track_id FROM visitor_faces WHERE visitor_id = ?1 ORDER BY quality DESC, id")?;
-        let rows = st.query_map([visitor as i64], |r| Ok((r.get::<_, i64>(0)? as u64, unblob(&r.get::<_, Vec<u8>>(1)?), r.get::<_, f64>(2)? as f32, r.get(3)?)))?;
+        let rows = st.query_map([visitor as i64], |r| Ok(VisitorFace { id: r.get::<_, i64>(0)? as u64, embedding: unblob(&r.get::<_, Vec<u8>>(1)?), quality: r.get::<_, f64>(2)? as f32, sighting: r.get(3)? }))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -445,19 +464,19 @@ impl VisitorStore {
     }
 
     /// A sighting by its id, or the latest of a track id (`<camera>-<track>` as events name it).
-    pub fn sighting(&self, id_or_track: &str) -> Result<Option<(Sighting, Option<Vec<f32>>, String, f32)>, VisitorStoreError> {
+    pub fn sighting(&self, id_or_track: &str) -> Result<Option<SightingFull>, VisitorStoreError> {
         Ok(self
             .conn
             .query_row(
                 "SELECT id, track_id, camera, first_ms, last_ms, person_id, visitor_id, snapshot, template, model_id, quality, person_name FROM sightings WHERE id = ?1 OR track_id = ?1 ORDER BY id = ?1 DESC, first_ms DESC LIMIT 1",
                 [id_or_track],
                 |r| {
-                    Ok((
-                        Sighting { id: r.get(0)?, track_id: r.get(1)?, camera: r.get(2)?, first_ms: r.get(3)?, last_ms: r.get(4)?, person_id: opt_u64(r.get(5)?), person_name: r.get(11)?, visitor_id: opt_u64(r.get(6)?), snapshot: r.get(7)? },
-                        r.get::<_, Option<Vec<u8>>>(8)?.map(|b| unblob(&b)),
-                        r.get(9)?,
-                        r.get::<_, f64>(10)? as f32,
-                    ))
+                    Ok(SightingFull {
+                        sighting: Sighting { id: r.get(0)?, track_id: r.get(1)?, camera: r.get(2)?, first_ms: r.get(3)?, last_ms: r.get(4)?, person_id: opt_u64(r.get(5)?), person_name: r.get(11)?, visitor_id: opt_u64(r.get(6)?), snapshot: r.get(7)? },
+                        template: r.get::<_, Option<Vec<u8>>>(8)?.map(|b| unblob(&b)),
+                        model_id: r.get(9)?,
+                        quality: r.get::<_, f64>(10)? as f32,
+                    })
                 },
             )
             .optional()?)
