@@ -222,7 +222,7 @@ fn visitors_http(cfg: &Config, gallery: &SharedGallery) -> Option<axum::Router> 
     let store = cfg.gallery.store_path(&cfg.base_dir);
     let threshold = OperatingPoint::for_card(&cfg.identify, cfg.embed.threshold, &models, 1).ok()?.threshold;
     Some(http::visitors::router(http::visitors::VisitorsHttp {
-        places: Arc::new(crate::visitors::ops::places(cfg, &store, model_id)),
+        places: Arc::new(crate::visitors::ops::places(&cfg.snapshots, &cfg.visits, &cfg.base_dir, &store, model_id)),
         gallery: gallery.clone(),
         timezone: cfg.visits.timezone.clone(),
         enroll_faces: cfg.visitors.enroll_faces,

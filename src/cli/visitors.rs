@@ -80,7 +80,7 @@ fn names(path: &std::path::Path) -> Result<BTreeMap<u64, String>> {
 
 pub fn cmd_visitors(cfg: &Config, action: VisitorsAction, store: Option<PathBuf>) -> Result<ExitCode> {
     let path = store_path(cfg, store)?;
-    let places = || -> Result<ops::Places> { Ok(ops::places(cfg, &path, model_id(cfg)?)) };
+    let places = || -> Result<ops::Places> { Ok(ops::places(&cfg.snapshots, &cfg.visits, &cfg.base_dir, &path, model_id(cfg)?)) };
     let mut out = std::io::stdout().lock();
     match action {
         VisitorsAction::List { all, format } => {
@@ -194,7 +194,7 @@ fn csv(s: &str) -> String {
 
 pub fn cmd_forget(cfg: &Config, subject: &str, store: Option<PathBuf>) -> Result<ExitCode> {
     let path = store_path(cfg, store)?;
-    let f = ops::forget(&ops::places(cfg, &path, model_id(cfg).unwrap_or_default()), subject)?;
+    let f = ops::forget(&ops::places(&cfg.snapshots, &cfg.visits, &cfg.base_dir, &path, model_id(cfg).unwrap_or_default()), subject)?;
     println!("{} ({}) forgotten: faces, samples, snapshots ({} file(s)), sightings, visits and {} gate log entr(ies) removed", f.subject, f.kind, f.files_deleted, f.gate_log_entries);
     println!("note: a running facestream drops a forgotten visitor at once; a forgotten person stays in its memory until restarted (or delete them through the API)");
     Ok(ExitCode::SUCCESS)

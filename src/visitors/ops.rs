@@ -209,14 +209,14 @@ pub fn subject_name(s: Option<Subject>) -> String {
     }
 }
 
-/// The places of a configuration.
-pub fn places(cfg: &crate::config::Config, store_path: &Path, model_id: String) -> Places {
-    let visits = cfg.visits.clone();
+/// The places of a configuration (`base_dir`: what relative paths resolve against).
+pub fn places(snapshots: &super::SnapshotsConfig, visits: &super::VisitsConfig, base_dir: &Path, store_path: &Path, model_id: String) -> Places {
+    let visits = visits.clone();
     Places {
         store_path: store_path.to_path_buf(),
-        snapshot_dir: cfg.snapshots.dir_for(&cfg.base_dir, store_path),
+        snapshot_dir: snapshots.dir_for(base_dir, store_path),
         model_id,
-        visits_gap_ms: (cfg.visits.gap_s * 1000.0) as i64,
+        visits_gap_ms: (visits.gap_s * 1000.0) as i64,
         sites_of: Box::new(move |camera| if visits.enabled { visits.sites_of(camera) } else { Vec::new() }),
     }
 }
