@@ -52,6 +52,11 @@ pub struct CameraConfig {
     /// facestream_camera_stalls_total): a live source is reconnected, a file fails; 0 = never.
     #[serde(default = "default_stall")]
     pub stall_timeout_s: f32,
+    /// Threads of the camera's video decoder (libav), 0 = one per core. One decoder thread per
+    /// camera gave 15% more total frames/s past capacity (16 cameras on 2 vCPUs, BENCHMARKS.md):
+    /// cameras already decode in parallel. Raise it for a single high-resolution camera.
+    #[serde(default = "default_decode_threads")]
+    pub decode_threads: u32,
     /// Wait this long before starting (not a config key: the bench harness staggers its cameras).
     #[serde(skip)]
     pub start_delay: std::time::Duration,
@@ -65,6 +70,9 @@ fn default_max_fps() -> f32 {
 }
 fn default_stall() -> f32 {
     5.0
+}
+fn default_decode_threads() -> u32 {
+    1
 }
 fn default_latency() -> u32 {
     200
@@ -143,6 +151,9 @@ impl CameraConfig {
             }
         if self.latency_ms > 10_000 {
             p.push(("latency_ms".into(), format!("must be at most 10000, got {}", self.latency_ms)));
+        }
+        if self.decode_threads > 64 {
+            p.push(("decode_threads".into(), format!("must be 0 (one per core) ..= 64, got {}", self.decode_threads)));
         }
         if !(self.stall_timeout_s == 0.0 || (0.5..=3600.0).contains(&self.stall_timeout_s)) {
             p.push(("stall_timeout_s".into(), format!("must be 0 (off) or 0.5..=3600 seconds, got {}", self.stall_timeout_s)));

@@ -218,7 +218,7 @@ pub fn run_camera(cam: CameraConfig, base: &Path, sink: Arc<dyn FrameSink>, stat
         // Live sources and files alike: a file that opens but never yields a frame (cut inside its
         // header) would otherwise hang the camera for ever.
         let stall = (cam.stall_timeout_s > 0.0).then(|| Duration::from_secs_f32(cam.stall_timeout_s));
-        let end = run_pipeline(&camera, &line, (keep_newest, stall), min_interval, &sink, &status, &stop, &mut seq, &mut got_frames, &set_state);
+        let end = run_pipeline(&camera, &line, (keep_newest, stall), (min_interval, cam.decode_threads), &sink, &status, &stop, &mut seq, &mut got_frames, &set_state);
         if got_frames {
             last_streaming = Some(Instant::now());
         }
@@ -344,7 +344,7 @@ fn run_pipeline(
     camera: &Arc<str>,
     line: &str,
     (live, stall): (bool, Option<Duration>),
-    min_interval: Duration,
+    (min_interval, decode_threads): (Duration, u32),
     sink: &Arc<dyn FrameSink>,
     status: &Arc<Mutex<CameraStatus>>,
     stop: &AtomicBool,
@@ -365,6 +365,38 @@ fn run_pipeline(
     let Some(bus) = pipeline.bus() else {
         return RunEnd::Error("pipeline has no bus".into());
     };
+    // The decoder's threads (libav video decoders have `max-threads`; audio decoders do not).
+    pipeline.connect("deep-element-added", false, move |args| {
+        if let Some(e) = args.get(2).and_then(|v| v.get::<gst::Element>().ok())
+            && e.factory().is_some_and(|f| f.name().starts_with("avdec_"))
+            && e.find_property("max-threads").is_some()
+        {
+            e.set_property_from_str("max-threads", &decode_threads.to_string());
+        }
+        None
+    });
+    // The fps cap before conversion: a frame the cap would drop is never converted to RGB (past
+    // capacity, converting frames that are then dropped took CPU from detection).
+    if !min_interval.is_zero()
+        && let Some(pad) = pipeline.by_name("convert").and_then(|c| c.static_pad("sink"))
+    {
+        let (sink, camera) = (sink.clone(), camera.clone());
+        let last = std::sync::Mutex::new(None::<Duration>);
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            let Some(pts) = info.buffer().and_then(|b| b.pts()) else { return gst::PadProbeReturn::Ok };
+            let now = Duration::from_nanos(pts.nseconds());
+            let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(prev) = *last
+                && now >= prev
+                && now - prev < min_interval.mul_f32(0.9)
+            {
+                sink.skipped(&camera);
+                return gst::PadProbeReturn::Drop;
+            }
+            *last = Some(now);
+            gst::PadProbeReturn::Ok
+        });
+    }
     let end = (|| {
         if let Err(e) = pipeline.set_state(gst::State::Playing) {
             // The bus usually holds the real reason (e.g. "could not open resource").
