@@ -131,20 +131,7 @@ fn an_allowed_person_is_granted_once_per_passage_and_logged() {
     let m = facestream::telemetry::metrics();
     assert!(m.gate_decisions.with_label_values(&["front", "granted", "none"]).get() >= 1);
     // Every metric the dashboard's gate panels query is exposed once a gate runs.
-    let exposition = m.render();
-    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("config/grafana/facestream.json")).unwrap()).unwrap();
-    let mut gate_queries = 0;
-    for p in dashboard["panels"].as_array().unwrap().iter().filter(|p| p["title"].as_str().unwrap_or("").starts_with("Gate") && p["type"] != "row") {
-        for t in p["targets"].as_array().unwrap() {
-            let expr = t["expr"].as_str().unwrap();
-            for (i, _) in expr.match_indices("facestream_") {
-                let name: String = expr[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-                assert!(exposition.lines().any(|l| l.starts_with(&name)), "panel `{}` queries {name}, not exposed", p["title"]);
-                gate_queries += 1;
-            }
-        }
-    }
-    assert!(gate_queries >= 3, "the dashboard has a gate row");
+    assert!(common::dashboard_panels_exposed("Gate", &m.render()) >= 3, "the dashboard has a gate row");
     // The audit log has the decision with its evidence and face crop.
     let log = facestream::gate::audit::AuditLog::open(&dir.path().join("gallery.db")).unwrap();
     let entries = log.entries(Some("front"), None, 100).unwrap();

@@ -131,18 +131,25 @@ fn migrate_autoincrement(conn: &Connection) -> Result<(), rusqlite::Error> {
     result
 }
 
+/// Opens (creating its folder) the store's SQLite file the way every table of it is used: WAL
+/// (readers never block the writer and a killed writer loses only its open transaction),
+/// synchronous NORMAL, a 5 s busy timeout. The error is the reason, for the caller's error type.
+pub fn open_sqlite(path: &Path) -> Result<Connection, String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    let conn = Connection::open(path).map_err(|e| e.to_string())?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| e.to_string())?;
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| e.to_string())?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let open_err = |reason: String| StoreError::Open { path: path.to_path_buf(), reason };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        }
-        let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
-        // WAL: readers never block the writer and a killed writer loses only its open transaction.
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| open_err(e.to_string()))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let conn = open_sqlite(path).map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS persons (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -45,13 +45,7 @@ pub fn millis(t: SystemTime) -> i64 {
 impl AuditLog {
     pub fn open(path: &Path) -> Result<Self, AuditError> {
         let open_err = |reason: String| AuditError::Open { path: path.to_path_buf(), reason };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        }
-        let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| open_err(e.to_string()))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(Duration::from_secs(5))?;
+        let conn = crate::gallery::store::open_sqlite(path).map_err(open_err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS gate_log (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,

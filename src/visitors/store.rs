@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
@@ -163,13 +162,7 @@ fn opt_u64(v: Option<i64>) -> Option<u64> {
 impl VisitorStore {
     pub fn open(path: &Path) -> Result<Self, VisitorStoreError> {
         let open_err = |reason: String| VisitorStoreError::Open { path: path.to_path_buf(), reason };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        }
-        let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| open_err(e.to_string()))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(Duration::from_secs(5))?;
+        let conn = crate::gallery::store::open_sqlite(path).map_err(open_err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS visitors (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -28,3 +28,22 @@ pub fn find_program(name: &str) -> PathBuf {
     }
     panic!("{name} is not installed: run `make setup` (it installs the Debian package {name})");
 }
+
+/// Checks that every metric the Grafana board's panels titled `prefix...` query is in
+/// `exposition` (Prometheus text); how many queries were checked.
+pub fn dashboard_panels_exposed(prefix: &str, exposition: &str) -> usize {
+    let board = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/grafana/facestream.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(board).unwrap()).unwrap();
+    let mut checked = 0;
+    for p in dashboard["panels"].as_array().unwrap().iter().filter(|p| p["type"] != "row" && p["title"].as_str().unwrap_or("").starts_with(prefix)) {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("facestream_") {
+                let name: String = expr[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                assert!(exposition.lines().any(|l| l.starts_with(&name)), "panel `{}` queries {name}, which /metrics does not expose", p["title"]);
+                checked += 1;
+            }
+        }
+    }
+    checked
+}
