@@ -276,6 +276,15 @@ mod tests {
     }
 
     #[test]
+    fn visitor_sections_are_checked_before_start() {
+        let text = "[visitors]\nmargin = 7\n[visits]\ntimezone = \"Mars/Olympus\"\n[[visits.sites]]\nid = \"a b\"\ncameras = [\"nope\"]\n[snapshots]\ncontext_width = 5\n[[cameras]]\nid = \"c\"\nurl = \"test:smpte\"\ndecode_threads = 999\n";
+        let err = Config::parse(text, Path::new("x.toml")).unwrap_err();
+        let keys: Vec<String> = err.problems().into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["snapshots.context_width", "visitors.margin", "visits.timezone", "visits.sites[0].id", "visits.sites[0].cameras", "cameras[0].decode_threads"]);
+        Config::parse(include_str!("../../config/examples/visitors.toml"), Path::new("visitors.toml")).unwrap();
+    }
+
+    #[test]
     fn bad_value_names_the_key() {
         let err = Config::parse("[detect]\nmin_face = 2\n", Path::new("x.toml")).unwrap_err().to_string();
         assert!(err.contains("detect.min_face"), "{err}");

@@ -339,6 +339,43 @@ pub fn backoff(n: u32, rng: &mut u64) -> Duration {
     Duration::from_secs_f64((base * (0.8 + 0.4 * unit)).min(BACKOFF_MAX.as_secs_f64()))
 }
 
+/// Sets the decoders' threads, and the fps cap before conversion (a pad probe on the
+/// converter's sink pad): a frame that would be dropped is never converted to RGB (past
+/// capacity, converting frames that were then dropped took CPU from detection).
+fn shape_input(pipeline: &gst::Pipeline, camera: &Arc<str>, sink: &Arc<dyn FrameSink>, min_interval: Duration, decode_threads: u32) {
+    // The decoder's threads (libav video decoders have `max-threads`; audio decoders do not).
+    pipeline.connect("deep-element-added", false, move |args| {
+        if let Some(e) = args.get(2).and_then(|v| v.get::<gst::Element>().ok())
+            && e.factory().is_some_and(|f| f.name().starts_with("avdec_"))
+            && e.find_property("max-threads").is_some()
+        {
+            e.set_property_from_str("max-threads", &decode_threads.to_string());
+        }
+        None
+    });
+    if !min_interval.is_zero()
+        && let Some(pad) = pipeline.by_name("convert").and_then(|c| c.static_pad("sink"))
+    {
+        let (sink, camera) = (sink.clone(), camera.clone());
+        let last = std::sync::Mutex::new(None::<Duration>);
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(pts) = info.buffer().and_then(|b| b.pts()) {
+                let now = Duration::from_nanos(pts.nseconds());
+                let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(prev) = *last
+                    && now >= prev
+                    && now - prev < min_interval.mul_f32(0.9)
+                {
+                    sink.skipped(&camera);
+                    return gst::PadProbeReturn::Drop;
+                }
+                *last = Some(now);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_pipeline(
     camera: &Arc<str>,
@@ -365,38 +402,7 @@ fn run_pipeline(
     let Some(bus) = pipeline.bus() else {
         return RunEnd::Error("pipeline has no bus".into());
     };
-    // The decoder's threads (libav video decoders have `max-threads`; audio decoders do not).
-    pipeline.connect("deep-element-added", false, move |args| {
-        if let Some(e) = args.get(2).and_then(|v| v.get::<gst::Element>().ok())
-            && e.factory().is_some_and(|f| f.name().starts_with("avdec_"))
-            && e.find_property("max-threads").is_some()
-        {
-            e.set_property_from_str("max-threads", &decode_threads.to_string());
-        }
-        None
-    });
-    // The fps cap before conversion: a frame the cap would drop is never converted to RGB (past
-    // capacity, converting frames that are then dropped took CPU from detection).
-    if !min_interval.is_zero()
-        && let Some(pad) = pipeline.by_name("convert").and_then(|c| c.static_pad("sink"))
-    {
-        let (sink, camera) = (sink.clone(), camera.clone());
-        let last = std::sync::Mutex::new(None::<Duration>);
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            let Some(pts) = info.buffer().and_then(|b| b.pts()) else { return gst::PadProbeReturn::Ok };
-            let now = Duration::from_nanos(pts.nseconds());
-            let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(prev) = *last
-                && now >= prev
-                && now - prev < min_interval.mul_f32(0.9)
-            {
-                sink.skipped(&camera);
-                return gst::PadProbeReturn::Drop;
-            }
-            *last = Some(now);
-            gst::PadProbeReturn::Ok
-        });
-    }
+    shape_input(&pipeline, camera, sink, min_interval, decode_threads);
     let end = (|| {
         if let Err(e) = pipeline.set_state(gst::State::Playing) {
             // The bus usually holds the real reason (e.g. "could not open resource").
