@@ -125,7 +125,7 @@ impl Visitors {
 
     /// The application: runs until the decisions bus closes.
     pub fn run(mut self, updates: crossbeam_channel::Receiver<TrackUpdate>, events: Tx<Event>) {
-        let mut last_purge = Instant::now();
+        let (mut last_purge, mut last_check) = (Instant::now(), Instant::now());
         loop {
             match updates.recv_timeout(Duration::from_secs(1)) {
                 Ok(TrackUpdate::Ended(e)) => self.on_ended(&e, &events),
@@ -133,7 +133,10 @@ impl Visitors {
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             }
-            self.reload_if_changed();
+            if last_check.elapsed() > Duration::from_millis(500) {
+                last_check = Instant::now();
+                self.reload_if_changed();
+            }
             if last_purge.elapsed() > Duration::from_secs(3600) {
                 last_purge = Instant::now();
                 self.purge();
