@@ -43,10 +43,30 @@ pub struct SampleRow {
     pub id: u64,
     pub person_id: u64,
     pub model_id: String,
+    #[serde(deserialize_with = "finite_f32")]
     pub quality: f32,
     pub image_sha256: String,
     pub created: u64,
+    #[serde(deserialize_with = "finite_f32s")]
     pub embedding: Vec<f32>,
+}
+
+/// A number that fits an f32 (JSON like `1e39` would become infinity, which JSON cannot write
+/// back: an export must read as it was written).
+fn finite_f32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+    let v = f64::deserialize(d)?;
+    let f = v as f32;
+    if f.is_finite() { Ok(f) } else { Err(serde::de::Error::custom(format!("{v} is not a finite 32-bit number"))) }
+}
+
+fn finite_f32s<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+    let v = Vec::<f64>::deserialize(d)?;
+    v.iter()
+        .map(|&x| {
+            let f = x as f32;
+            if f.is_finite() { Ok(f) } else { Err(serde::de::Error::custom(format!("embedding value {x} is not a finite 32-bit number"))) }
+        })
+        .collect()
 }
 
 /// Export format: everything needed to rebuild a store elsewhere.
@@ -403,6 +423,18 @@ mod tests {
         let mut g = Gallery::new();
         assert_eq!(s.load_into(&mut g, "m1").unwrap(), 1, "only ann's sample is loaded");
         assert!(g.search(&crate::embed::normalized(&[1.0; DIM]), 2).iter().all(|m| m.name != "mallory"));
+    }
+
+    /// Found by `fuzz/` (json_bodies): an embedding value like `2e246` parsed as infinity, which
+    /// an export then wrote as `null` and could not read back. Such an export is refused.
+    #[test]
+    fn an_export_with_numbers_beyond_f32_is_refused_when_read() {
+        let row = |emb: &str, q: &str| format!(r#"{{"format":"facestream-gallery-1","persons":[{{"name":"a","metadata":{{}},"samples":[{{"id":1,"person_id":1,"model_id":"m","quality":{q},"image_sha256":"h","created":0,"embedding":{emb}}}]}}]}}"#);
+        let err = serde_json::from_str::<Export>(&row("[0.5, 2e246]", "0.5")).unwrap_err().to_string();
+        assert!(err.contains("not a finite"), "{err}");
+        assert!(serde_json::from_str::<Export>(&row("[0.5]", "1e39")).is_err());
+        let ok: Export = serde_json::from_str(&row("[0.5, -0.25]", "0.5")).unwrap();
+        assert_eq!(ok.persons[0].samples[0].embedding, [0.5, -0.25]);
     }
 
     #[test]
