@@ -69,20 +69,7 @@ fn gallery_persons_metric_follows_api_enrollments_and_deletions() {
 
 /// `n` seeded pseudo-random unit vectors.
 fn random_units(n: usize, seed: u64) -> Vec<Vec<f32>> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            let v: Vec<f32> = (0..facestream::embed::DIM)
-                .map(|_| {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
-                    (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-                })
-                .collect();
-            facestream::embed::normalized(&v)
-        })
-        .collect()
+    facestream::embed::random_units(n, seed).chunks(facestream::embed::DIM).map(<[f32]>::to_vec).collect()
 }
 
 #[test]

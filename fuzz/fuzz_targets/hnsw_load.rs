@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use facestream::embed::{DIM, normalized};
+use facestream::embed::DIM;
 use facestream::gallery::hnsw::{Hnsw, Params, fingerprint};
 use libfuzzer_sys::fuzz_target;
 
@@ -32,20 +32,7 @@ const FP_AT: usize = 8 + 4 * 8;
 
 /// `n` seeded pseudo-random unit vectors, node-major (the generator of hnsw.rs's tests).
 fn unit_vectors(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    let mut out = Vec::with_capacity(n * DIM);
-    for _ in 0..n {
-        let v: Vec<f32> = (0..DIM)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect();
-        out.extend(normalized(&v));
-    }
-    out
+    facestream::embed::random_units(n, seed)
 }
 
 thread_local! {

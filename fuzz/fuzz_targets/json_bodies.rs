@@ -217,16 +217,7 @@ fuzz_target!(
 );
 
 fn unit(seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    let v: Vec<f32> = (0..DIM)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect();
-    normalized(&v)
+    facestream::embed::random_units(1, seed | 1)
 }
 
 fn write_seeds(dir: &Path) {

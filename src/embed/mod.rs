@@ -102,6 +102,25 @@ pub fn normalized(v: &[f32]) -> Embedding {
 }
 
 /// The one distance of the project: Euclidean distance between L2-normalised embeddings (0..2).
+/// `n` seeded pseudo-random unit vectors of `DIM`, node-major (xorshift64): synthetic embeddings
+/// for tests, fuzz targets and benchmarks, the same for the same seed everywhere.
+pub fn random_units(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    let mut out = Vec::with_capacity(n * DIM);
+    for _ in 0..n {
+        let v: Vec<f32> = (0..DIM)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect();
+        out.extend(normalized(&v));
+    }
+    out
+}
+
 pub fn distance(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt()
 }

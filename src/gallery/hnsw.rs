@@ -605,25 +605,11 @@ pub fn fingerprint(vectors: &[f32]) -> u64 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::embed::normalized;
     use crate::gallery::index::dot;
 
     /// `n` seeded pseudo-random unit vectors, node-major.
     pub(crate) fn random_unit(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        let mut out = Vec::with_capacity(n * DIM);
-        for _ in 0..n {
-            let v: Vec<f32> = (0..DIM)
-                .map(|_| {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
-                    (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-                })
-                .collect();
-            out.extend(normalized(&v));
-        }
-        out
+        crate::embed::random_units(n, seed)
     }
 
     fn exact(vectors: &[f32], q: &[f32]) -> u32 {
