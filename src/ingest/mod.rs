@@ -423,8 +423,11 @@ fn run_pipeline(
                     // A clean EOS may be followed by its bus message; either way the run is over.
                     return bus_error(&bus).map(RunEnd::Error).unwrap_or(RunEnd::Eos);
                 }
-                // A live source that went silent (a hung server keeps its TCP session open).
-                if let Some(limit) = stall.filter(|l| last_sample.elapsed() > *l) {
+                // A live source that went silent (a hung server keeps its TCP session open). Before
+                // the first frame the limit is at least STARTUP_GRACE: opening a stream on a busy
+                // machine (models loading, many cameras starting at once) can take longer.
+                let limit_now = stall.map(|l| if *got_frames { l } else { l.max(STARTUP_GRACE) });
+                if let Some(limit) = limit_now.filter(|l| last_sample.elapsed() > *l) {
                     crate::telemetry::metrics().camera_stalls.with_label_values(&[camera]).inc();
                     return RunEnd::Error(format!("no frame for {:.1} s: the source stalled (camera.stall_timeout_s)", limit.as_secs_f32()));
                 }
@@ -472,6 +475,9 @@ fn run_pipeline(
     teardown(pipeline, camera);
     end
 }
+
+/// The least time a source gets to deliver its first frame before it counts as stalled.
+const STARTUP_GRACE: Duration = Duration::from_secs(20);
 
 /// Longest a pipeline's change to NULL may take before the camera goes on without it.
 const TEARDOWN_WAIT: Duration = Duration::from_secs(5);

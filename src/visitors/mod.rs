@@ -151,13 +151,7 @@ impl Visitors {
             return;
         }
         self.data_version = v;
-        if let Some(c) = &mut self.clusterer {
-            match self.store.clusters(&self.model_id) {
-                Ok(clusters) => *c = Clusterer::new(c.params, clusters),
-                Err(e) => tracing::warn!(error = %e, "visitors: cannot reload the clusters"),
-            }
-        }
-        self.set_gauge();
+        self.reload_clusters();
     }
 
     /// Retention of every kind; files of purged snapshots are deleted after their rows.
@@ -181,10 +175,11 @@ impl Visitors {
     }
 
     fn reload_clusters(&mut self) {
-        if let Some(c) = &mut self.clusterer
-            && let Ok(clusters) = self.store.clusters(&self.model_id)
-        {
-            *c = Clusterer::new(c.params, clusters);
+        if let Some(c) = &mut self.clusterer {
+            match self.store.clusters(&self.model_id) {
+                Ok(clusters) => *c = Clusterer::new(c.params, clusters),
+                Err(e) => tracing::warn!(error = %e, "visitors: cannot reload the clusters"),
+            }
         }
         self.set_gauge();
     }
