@@ -127,7 +127,8 @@ impl App {
             crate::visitors::precreate_series(&cfg.cameras.iter().filter(|c| c.enabled).map(|c| c.id.as_str()).collect::<Vec<_>>());
             opts.apps.push(Subscription { name: "visitors", capacity: 4096, observe: Vec::new(), run: Box::new(move |io| v.run(io.updates, io.events)) });
         }
-        let state = AppState::new(gallery.clone(), cfg.http.sse_buffer);
+        let info = http::ui::UiInfo { gates: cfg.gates.iter().map(|g| g.id.clone()).collect(), visitors: cfg.visitors.enabled, snapshots: cfg.snapshots.enabled, ..Default::default() };
+        let state = AppState::new(gallery.clone(), cfg.http.sse_buffer).configured(&cfg.http, info);
         let server = if opts.http && cfg.http.enabled {
             // The API shares the gallery with the cameras: an enrollment is searchable at once.
             let api = api.map(|(store, analyzer)| {
@@ -155,7 +156,8 @@ impl App {
         };
         let mut sinks: Vec<Box<dyn EventSink>> = vec![Box::new(state.event_sink())];
         sinks.extend(opts.extra_sinks);
-        let running = topology::start_with(cfg, gallery.clone(), sinks, opts.apps)?;
+        let live = (server.is_some() && cfg.http.ui).then(|| state.live.clone());
+        let running = topology::start_with(cfg, gallery.clone(), sinks, opts.apps, live)?;
         if let Ok(mut c) = state.cameras.lock() {
             *c = running.cameras.clone();
         }

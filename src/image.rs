@@ -100,6 +100,14 @@ pub fn downscaled(img: RgbImage, max_pixels: f64) -> (RgbImage, f32) {
     (RgbImage { width: w, height: h, data: small.into_raw() }, w as f32 / buf.width() as f32)
 }
 
+/// Encodes packed RGB as JPEG at `quality` (1-100); None when the buffer does not fit the size.
+pub fn jpeg(rgb: &[u8], width: u32, height: u32, quality: u8) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
+    image::ImageEncoder::write_image(enc, rgb, width, height, image::ExtendedColorType::Rgb8).ok()?;
+    Some(out)
+}
+
 /// A small copy of a frame, `width` pixels wide (box-averaged), with `mark` (a box in the
 /// frame's pixels) outlined: the context of a best shot.
 pub fn thumbnail(img: &RgbImage, width: u32, mark: Option<[f32; 4]>) -> RgbImage {

@@ -18,6 +18,7 @@ pub mod http;
 pub mod identify;
 pub mod image;
 pub mod ingest;
+pub mod live;
 pub mod infer;
 pub mod photo;
 pub mod queue;

@@ -35,6 +35,14 @@ pub struct HttpConfig {
     pub body_timeout_s: f64,
     /// Image requests (recognize, add a face) analysed at once; more get 503 with Retry-After.
     pub max_image_requests: usize,
+    /// Serve the web UI at `/ui/` (login with `token` when one is set).
+    pub ui: bool,
+    /// Live view: frames per second kept per camera while somebody watches, and their width in
+    /// pixels (JPEGs are encoded at most once per kept frame, only when asked for).
+    pub live_fps: f64,
+    pub live_width: u32,
+    /// How long a web UI login lasts, in hours.
+    pub session_hours: f64,
 }
 
 impl Default for HttpConfig {
@@ -52,6 +60,10 @@ impl Default for HttpConfig {
             header_timeout_s: 5.0,
             body_timeout_s: 30.0,
             max_image_requests: 2,
+            ui: true,
+            live_fps: 2.0,
+            live_width: 640,
+            session_hours: 12.0,
         }
     }
 }
@@ -81,6 +93,9 @@ impl HttpConfig {
         range("header_timeout_s", self.header_timeout_s, 0.1, 300.0, " s");
         range("body_timeout_s", self.body_timeout_s, 0.1, 3600.0, " s");
         range("max_image_requests", self.max_image_requests as f64, 1.0, 64.0, "");
+        range("live_fps", self.live_fps, 0.1, 15.0, " frames per second");
+        range("live_width", self.live_width as f64, 64.0, 1920.0, " pixels");
+        range("session_hours", self.session_hours, 0.01, 720.0, " hours");
         if self.token.as_deref().is_some_and(|t| t.len() < 8) {
             p.push(("token".into(), "must be at least 8 characters".into()));
         }

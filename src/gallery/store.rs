@@ -24,6 +24,8 @@ pub enum StoreError {
     ModelMismatch { count: usize, found: String, running: String },
     #[error("no person `{0}` in the gallery")]
     NoPerson(String),
+    #[error("another person is already called `{0}`")]
+    NameTaken(String),
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
 }
@@ -187,7 +189,11 @@ impl Store {
                 image_sha256 TEXT NOT NULL,
                 created INTEGER NOT NULL
             );
-            CREATE INDEX IF NOT EXISTS samples_person ON samples(person_id);",
+            CREATE INDEX IF NOT EXISTS samples_person ON samples(person_id);
+            CREATE TABLE IF NOT EXISTS sample_crops (
+                sample_id INTEGER PRIMARY KEY REFERENCES samples(id) ON DELETE CASCADE,
+                jpeg BLOB NOT NULL
+            );",
         )
         .map_err(|e| open_err(e.to_string()))?;
         migrate_autoincrement(&conn).map_err(|e| open_err(format!("cannot upgrade the persons table: {e}")))?;
@@ -197,6 +203,12 @@ impl Store {
     /// Adds one face sample to an existing person, in one transaction; `NoPerson` when the person
     /// is gone (deleted while the upload was analysed): a delete is never undone by an upload.
     pub fn add_sample_to(&mut self, person_id: u64, embedding: &[f32], model_id: &str, quality: f32, image_sha256: &str) -> Result<(), StoreError> {
+        self.add_face(person_id, embedding, model_id, quality, image_sha256, None).map(|_| ())
+    }
+
+    /// [`Self::add_sample_to`] with the aligned face crop (a JPEG, shown by the web UI), in the
+    /// same transaction; returns the sample id.
+    pub fn add_face(&mut self, person_id: u64, embedding: &[f32], model_id: &str, quality: f32, image_sha256: &str, crop_jpeg: Option<&[u8]>) -> Result<u64, StoreError> {
         let tx = self.conn.transaction()?;
         let t = now() as i64;
         if tx.execute("UPDATE persons SET updated = ?1 WHERE id = ?2", params![t, person_id as i64])? == 0 {
@@ -206,8 +218,51 @@ impl Store {
             "INSERT INTO samples (person_id, embedding, model_id, quality, image_sha256, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![person_id as i64, to_blob(embedding), model_id, quality, image_sha256, t],
         )?;
+        let id = tx.last_insert_rowid();
+        if let Some(jpeg) = crop_jpeg {
+            tx.execute("INSERT INTO sample_crops (sample_id, jpeg) VALUES (?1, ?2)", params![id, jpeg])?;
+        }
         tx.commit()?;
-        Ok(())
+        Ok(id as u64)
+    }
+
+    /// A sample's face crop (JPEG), when one was kept at enrollment.
+    pub fn sample_crop(&self, sample_id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.conn.query_row("SELECT jpeg FROM sample_crops WHERE sample_id = ?1", [sample_id as i64], |r| r.get(0)).optional()?)
+    }
+
+    /// Sample ids that have a crop, among `person_id`'s samples.
+    pub fn samples_with_crops(&self, person_id: u64) -> Result<Vec<u64>, StoreError> {
+        let mut st = self.conn.prepare("SELECT c.sample_id FROM sample_crops c JOIN samples s ON s.id = c.sample_id WHERE s.person_id = ?1")?;
+        let rows = st.query_map([person_id as i64], |r| r.get::<_, i64>(0).map(|v| v as u64))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Removes one sample (and its crop); returns its person's id, None when there was no such
+    /// sample.
+    pub fn remove_sample(&mut self, sample_id: u64) -> Result<Option<u64>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let person: Option<i64> = tx.query_row("SELECT person_id FROM samples WHERE id = ?1", [sample_id as i64], |r| r.get(0)).optional()?;
+        let Some(person) = person else { return Ok(None) };
+        tx.execute("DELETE FROM sample_crops WHERE sample_id = ?1", [sample_id as i64])?;
+        tx.execute("DELETE FROM samples WHERE id = ?1", [sample_id as i64])?;
+        tx.execute("UPDATE persons SET updated = ?1 WHERE id = ?2", params![now() as i64, person])?;
+        tx.commit()?;
+        Ok(Some(person as u64))
+    }
+
+    /// Renames a person: false when there is no such person; `NameTaken` when another person has
+    /// the name.
+    pub fn rename_person(&mut self, id: u64, name: &str) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        if let Some(other) = tx.query_row("SELECT id FROM persons WHERE name = ?1", [name], |r| r.get::<_, i64>(0)).optional()?
+            && other as u64 != id
+        {
+            return Err(StoreError::NameTaken(name.to_string()));
+        }
+        let n = tx.execute("UPDATE persons SET name = ?1, updated = ?2 WHERE id = ?3", params![name, now() as i64, id as i64])?;
+        tx.commit()?;
+        Ok(n > 0)
     }
 
     /// Creates the person when new; returns the id.

@@ -166,10 +166,7 @@ fn group_lookup(from_config: HashMap<String, Vec<String>>, store_path: PathBuf) 
 
 /// Encodes a face crop as JPEG (for the audit log).
 pub fn crop_jpeg(crop: &crate::identify::decision::FaceCrop) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85);
-    image::ImageEncoder::write_image(enc, &crop.rgb, crop.side, crop.side, image::ExtendedColorType::Rgb8).ok()?;
-    Some(out)
+    crate::image::jpeg(&crop.rgb, crop.side, crop.side, 85)
 }
 
 /// Everything the gates application needs, resolved before the pipeline starts.

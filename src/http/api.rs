@@ -91,8 +91,10 @@ pub fn router_with(state: ApiState, cfg: &crate::config::http::HttpConfig) -> Ro
     let max_upload_bytes = cfg.max_upload_mb << 20;
     Router::new()
         .route("/api/persons", get(list_persons).post(create_person))
-        .route("/api/persons/{id}", get(get_person).delete(delete_person))
-        .route("/api/persons/{id}/faces", post(add_face))
+        .route("/api/persons/{id}", get(get_person).delete(delete_person).patch(rename_person))
+        .route("/api/persons/{id}/faces", post(add_face).get(list_faces))
+        .route("/api/faces/{sample}", axum::routing::delete(delete_face))
+        .route("/api/faces/{sample}/crop", get(face_crop))
         .route("/api/persons/{id}/groups", axum::routing::put(set_groups))
         .route("/api/gates/{gate}/log", get(gate_log))
         .route("/api/gates/{gate}/log/{entry}/crop", get(gate_log_crop))
@@ -129,8 +131,13 @@ fn budgeted_image(bytes: &[u8], limits: &Limits) -> Result<(crate::image::RgbIma
     Ok(crate::image::downscaled(img, limits.downscale_pixels))
 }
 
-fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Mutating endpoints: the bearer token, or a web UI session that the server's middleware has
+/// checked (with its CSRF token) and marked with [`super::Authorized`].
+fn authorize(state: &ApiState, headers: &HeaderMap, session: Option<&super::Authorized>) -> Result<(), ApiError> {
     let Some(token) = &state.token else { return Ok(()) };
+    if session.is_some() {
+        return Ok(());
+    }
     let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(g) if g == token => Ok(()),
@@ -154,8 +161,8 @@ struct NewPerson {
     metadata: Option<serde_json::Value>,
 }
 
-async fn create_person(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    authorize(&state, &headers)?;
+async fn create_person(State(state): State<ApiState>, session: Option<axum::Extension<super::Authorized>>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    authorize(&state, &headers, session.as_deref())?;
     let p: NewPerson = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("expected {{\"name\": ..., \"metadata\": {{...}}}}: {e}")))?;
     if p.name.trim().is_empty() || p.name.len() > MAX_NAME_BYTES || p.name.chars().any(char::is_control) {
@@ -188,8 +195,8 @@ async fn get_person(State(state): State<ApiState>, UrlPath(id): UrlPath<String>)
     }
 }
 
-async fn delete_person(State(state): State<ApiState>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> ApiResult {
-    authorize(&state, &headers)?;
+async fn delete_person(State(state): State<ApiState>, session: Option<axum::Extension<super::Authorized>>, headers: HeaderMap, UrlPath(id): UrlPath<String>) -> ApiResult {
+    authorize(&state, &headers, session.as_deref())?;
     let id = parse_id(&id)?;
     // The store lock is held until the gallery has forgotten the person too, so an upload for
     // this person (which takes the same lock for its store and gallery writes) lands wholly
@@ -215,8 +222,8 @@ struct GroupsBody {
 pub const MAX_GROUPS: usize = 32;
 pub const MAX_GROUP_BYTES: usize = 64;
 
-async fn set_groups(State(state): State<ApiState>, headers: HeaderMap, UrlPath(id): UrlPath<String>, body: Bytes) -> ApiResult {
-    authorize(&state, &headers)?;
+async fn set_groups(State(state): State<ApiState>, session: Option<axum::Extension<super::Authorized>>, headers: HeaderMap, UrlPath(id): UrlPath<String>, body: Bytes) -> ApiResult {
+    authorize(&state, &headers, session.as_deref())?;
     let id = parse_id(&id)?;
     let body: GroupsBody = serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("expected {{\"groups\": [\"name\", ...]}}: {e}")))?;
     if body.groups.len() > MAX_GROUPS || body.groups.iter().any(|g| g.is_empty() || g.len() > MAX_GROUP_BYTES) {
@@ -305,7 +312,7 @@ async fn image_bytes(req: Request) -> Result<Bytes, ApiError> {
 }
 
 async fn add_face(State(state): State<ApiState>, axum::Extension(limits): axum::Extension<Limits>, UrlPath(id): UrlPath<String>, req: Request) -> ApiResult {
-    authorize(&state, req.headers())?;
+    authorize(&state, req.headers(), req.extensions().get::<super::Authorized>())?;
     let id = parse_id(&id)?;
     let _slot = image_slot(&limits)?;
     let person = store(&state)
@@ -320,11 +327,14 @@ async fn add_face(State(state): State<ApiState>, axum::Extension(limits): axum::
         let mut a = analyzer.lock().unwrap_or_else(|p| p.into_inner());
         let model = a.embedder.model_id().to_string();
         let sha = format!("{:x}", sha2::Sha256::digest(&bytes));
-        Ok::<_, ApiError>(enrollable_image(&mut a, &img, Path::new("upload"), None, sha).map(|e| (e, model)))
+        Ok::<_, ApiError>(enrollable_image(&mut a, &img, Path::new("upload"), None, sha).map(|e| {
+            let crop = face_crop_jpeg(&img, &e.face);
+            (e, model, crop)
+        }))
     })
     .await
     .map_err(ApiError::internal)??;
-    let (e, model) = enrolled.map_err(|e| match e {
+    let (e, model, crop) = enrolled.map_err(|e| match e {
         EnrollError::Image(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_image", e.to_string()),
         EnrollError::NoFace { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_face", "no face found in the image"),
         EnrollError::SeveralFaces { count, .. } => {
@@ -350,7 +360,7 @@ async fn add_face(State(state): State<ApiState>, axum::Extension(limits): axum::
                 warnings.push(format!("{name} lies within the threshold of {} (distance {:.3} <= {:.3}): the same person twice, or a look-alike", m.name, m.distance, st.threshold));
             }
         }
-        store.add_sample_to(id, &e.embedding, &model, e.quality, &e.image_sha256).map_err(|err| match err {
+        store.add_face(id, &e.embedding, &model, e.quality, &e.image_sha256, crop.as_deref()).map_err(|err| match err {
             crate::gallery::store::StoreError::NoPerson(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no person {id} (deleted while the image was analysed)")),
             other => ApiError::internal(other),
         })?;
@@ -365,6 +375,102 @@ async fn add_face(State(state): State<ApiState>, axum::Extension(limits): axum::
         axum::Json(json!({"person_id": id, "bbox": [f.bbox.x1, f.bbox.y1, f.bbox.x2, f.bbox.y2], "score": f.score, "quality": e.quality, "warnings": warnings})),
     )
         .into_response())
+}
+
+/// The aligned face (as the embedder saw it) as a JPEG, for the gallery's thumbnails.
+fn face_crop_jpeg(img: &crate::image::RgbImage, face: &crate::detect::Face) -> Option<Vec<u8>> {
+    let cb = crate::embed::crop_box(&face.landmarks, false)?;
+    let mut crop = vec![0u8; crate::embed::CROP_BYTES];
+    crate::embed::align_into(img, &cb, &mut crop).ok()?;
+    let side = crate::embed::CROP_SIDE as u32;
+    crate::image::jpeg(&crop, side, side, 85)
+}
+
+/// Puts a person's samples from the store back into the shared gallery (after a face was
+/// removed or the person renamed). Called with the store locked.
+fn reload_person(st: &Store, gallery: &SharedGallery, id: u64) -> Result<(), ApiError> {
+    let person = st.person(id).map_err(ApiError::internal)?;
+    let samples = st.samples(Some(id)).map_err(ApiError::internal)?;
+    let mut g = gallery.write().unwrap_or_else(|p| p.into_inner());
+    g.remove(id);
+    if let Some(p) = person {
+        for s in samples {
+            g.add_with_id(id, &p.name, s.embedding).map_err(ApiError::internal)?;
+        }
+    }
+    Ok(())
+}
+
+async fn list_faces(State(state): State<ApiState>, UrlPath(id): UrlPath<String>) -> ApiResult {
+    let id = parse_id(&id)?;
+    let st = store(&state);
+    if st.person(id).map_err(ApiError::internal)?.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no person {id}")));
+    }
+    let crops = st.samples_with_crops(id).map_err(ApiError::internal)?;
+    let faces: Vec<_> = st
+        .samples(Some(id))
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .map(|s| json!({"id": s.id, "quality": s.quality, "created": s.created, "model_id": s.model_id, "source": s.image_sha256, "crop": crops.contains(&s.id)}))
+        .collect();
+    Ok(axum::Json(json!({"person_id": id, "faces": faces})).into_response())
+}
+
+async fn face_crop(State(state): State<ApiState>, UrlPath(sample): UrlPath<String>) -> ApiResult {
+    let sample = parse_id(&sample)?;
+    match store(&state).sample_crop(sample).map_err(ApiError::internal)? {
+        Some(jpeg) => Ok(([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "private, max-age=3600")], jpeg).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no crop kept for face {sample} (enrolled before crops were kept, or from the command line)"))),
+    }
+}
+
+async fn delete_face(State(state): State<ApiState>, session: Option<axum::Extension<super::Authorized>>, headers: HeaderMap, UrlPath(sample): UrlPath<String>) -> ApiResult {
+    authorize(&state, &headers, session.as_deref())?;
+    let sample = parse_id(&sample)?;
+    tokio::task::spawn_blocking(move || {
+        let mut st = store(&state);
+        let Some(person) = st.remove_sample(sample).map_err(ApiError::internal)? else {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no face {sample}")));
+        };
+        reload_person(&st, &state.gallery, person)?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+#[derive(Deserialize)]
+struct RenameBody {
+    name: String,
+}
+
+async fn rename_person(State(state): State<ApiState>, session: Option<axum::Extension<super::Authorized>>, headers: HeaderMap, UrlPath(id): UrlPath<String>, body: Bytes) -> ApiResult {
+    authorize(&state, &headers, session.as_deref())?;
+    let id = parse_id(&id)?;
+    let body: RenameBody = serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("expected {{\"name\": \"...\"}}: {e}")))?;
+    let name = body.name.trim().to_string();
+    if name.is_empty() || name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("name must be 1 to {MAX_NAME_BYTES} bytes without control characters")));
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut st = store(&state);
+        let holder = state.gallery.read().map(|g| g.person_id(&name)).unwrap_or(None);
+        if holder.is_some_and(|h| h != id) {
+            return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("a person named `{name}` exists")));
+        }
+        match st.rename_person(id, &name) {
+            Ok(true) => {}
+            Ok(false) => return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no person {id}"))),
+            Err(crate::gallery::store::StoreError::NameTaken(n)) => return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("a person named `{n}` exists"))),
+            Err(e) => return Err(ApiError::internal(e)),
+        }
+        reload_person(&st, &state.gallery, id)?;
+        let row = st.person(id).map_err(ApiError::internal)?;
+        Ok(axum::Json(json!({"person": row})).into_response())
+    })
+    .await
+    .map_err(ApiError::internal)?
 }
 
 async fn recognize(State(state): State<ApiState>, axum::Extension(limits): axum::Extension<Limits>, req: Request) -> ApiResult {

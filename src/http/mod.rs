@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub mod api;
+pub mod ui;
 pub mod visitors;
 
 use axum::Router;
@@ -36,6 +37,13 @@ pub enum HttpError {
     Runtime(std::io::Error),
 }
 
+/// Events kept for the web UI's timeline (`/api/events/recent`).
+pub const RECENT_EVENTS: usize = 500;
+
+/// Marks a request whose web UI session (and CSRF token) the middleware has checked.
+#[derive(Clone, Copy, Debug)]
+pub struct Authorized;
+
 /// What the HTTP side can see.
 #[derive(Clone)]
 pub struct AppState {
@@ -44,29 +52,55 @@ pub struct AppState {
     pub events: broadcast::Sender<Arc<str>>,
     pub models_loaded: Arc<AtomicBool>,
     pub started: std::time::Instant,
+    /// The live view's frames and boxes (fed by the track stage while somebody watches).
+    pub live: Arc<crate::live::LiveHub>,
+    /// The newest events, oldest first (at most [`RECENT_EVENTS`]).
+    pub recent: Arc<Mutex<std::collections::VecDeque<Arc<str>>>>,
+    pub sessions: Arc<ui::Sessions>,
+    pub ui: Arc<ui::UiInfo>,
+    /// `http.token`, for the web UI's login.
+    pub token: Option<Arc<str>>,
 }
 
 impl AppState {
     pub fn new(gallery: SharedGallery, sse_buffer: usize) -> Self {
         let (events, _) = broadcast::channel(sse_buffer.max(1));
+        let http = HttpConfig::default();
         Self {
             cameras: Arc::new(Mutex::new(Vec::new())),
             gallery,
             events,
             models_loaded: Arc::new(AtomicBool::new(false)),
             started: std::time::Instant::now(),
+            live: crate::live::LiveHub::new(http.live_fps, http.live_width),
+            recent: Arc::new(Mutex::new(std::collections::VecDeque::with_capacity(RECENT_EVENTS))),
+            sessions: ui::Sessions::new(Duration::from_secs_f64(http.session_hours * 3600.0)),
+            ui: Arc::new(ui::UiInfo::default()),
+            token: None,
         }
+    }
+
+    /// The state for a server with `[http]` settings: the token, live-view rate and session
+    /// length, and what the UI shows.
+    pub fn configured(mut self, http: &HttpConfig, info: ui::UiInfo) -> Self {
+        self.live = crate::live::LiveHub::new(http.live_fps, http.live_width);
+        self.sessions = ui::Sessions::new(Duration::from_secs_f64(http.session_hours * 3600.0));
+        self.token = http.token.as_deref().map(Arc::from);
+        self.ui = Arc::new(ui::UiInfo { login: http.token.is_some(), version: env!("CARGO_PKG_VERSION"), live_fps: http.live_fps, ..info });
+        self
     }
 
     /// A pipeline sink that feeds the event stream.
     pub fn event_sink(&self) -> BroadcastSink {
-        BroadcastSink { tx: self.events.clone() }
+        BroadcastSink { tx: self.events.clone(), recent: self.recent.clone() }
     }
 }
 
-/// Feeds `/api/events`; never blocks (the broadcast ring overwrites what slow clients missed).
+/// Feeds `/api/events` and the recent events; never blocks (the broadcast ring overwrites what
+/// slow clients missed).
 pub struct BroadcastSink {
     tx: broadcast::Sender<Arc<str>>,
+    recent: Arc<Mutex<std::collections::VecDeque<Arc<str>>>>,
 }
 
 impl EventSink for BroadcastSink {
@@ -74,8 +108,15 @@ impl EventSink for BroadcastSink {
         "sse"
     }
     fn send(&mut self, event: &Event) -> Result<(), SendError> {
+        let json: Arc<str> = Arc::from(event.to_json());
+        if let Ok(mut r) = self.recent.lock() {
+            if r.len() >= RECENT_EVENTS {
+                r.pop_front();
+            }
+            r.push_back(json.clone());
+        }
         // No subscriber is not a failure: nobody asked for the events.
-        let _ = self.tx.send(Arc::from(event.to_json()));
+        let _ = self.tx.send(json);
         Ok(())
     }
 }
@@ -123,12 +164,16 @@ pub fn serve(cfg: &HttpConfig, state: AppState, extra: Option<Router>) -> Result
         .block_on(tokio::net::TcpListener::bind(&cfg.bind))
         .map_err(|error| HttpError::Bind { addr: cfg.bind.clone(), error })?;
     let addr = listener.local_addr().map_err(HttpError::Runtime)?;
-    let mut app = router(state);
+    let auth = Auth { token: cfg.token.clone().map(Arc::<str>::from), sessions: state.sessions.clone() };
+    let mut app = router(state.clone());
+    if cfg.ui {
+        app = app.merge(ui::router(state));
+    }
     if let Some(extra) = extra {
         app = app.merge(extra);
     }
     let app = app
-        .layer(axum::middleware::from_fn_with_state(cfg.token.clone().map(Arc::<str>::from), require_token))
+        .layer(axum::middleware::from_fn_with_state(auth, require_token))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(Duration::from_secs_f64(cfg.body_timeout_s)));
     let limits = ConnLimits { max: cfg.max_connections, header_timeout: Duration::from_secs_f64(cfg.header_timeout_s) };
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -149,17 +194,41 @@ struct ConnLimits {
     header_timeout: Duration,
 }
 
-/// With a token configured, every `/api/*` request must carry it.
-async fn require_token(State(token): State<Option<Arc<str>>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    if let Some(token) = token.as_deref()
-        && req.uri().path().starts_with("/api/") {
-            let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-            if given != Some(token) {
-                let body = serde_json::json!({"error": {"code": "unauthorized", "message": "this endpoint needs Authorization: Bearer <token>"}});
-                return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
-            }
+#[derive(Clone)]
+struct Auth {
+    token: Option<Arc<str>>,
+    sessions: Arc<ui::Sessions>,
+}
+
+/// With a token configured, every `/api/*` request must carry it, or come from a web UI session
+/// (with the session's CSRF token when it changes something); the UI's pages redirect to the
+/// login without a session.
+async fn require_token(State(auth): State<Auth>, mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let Some(token) = auth.token.as_deref() else { return next.run(req).await };
+    let path = req.uri().path();
+    let (api, page) = (path.starts_with("/api/"), ui::is_page(path));
+    if !api && !page {
+        return next.run(req).await;
+    }
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| ui::same_secret(g, token)) {
+        return next.run(req).await;
+    }
+    match ui::check_session(&auth.sessions, req.headers(), req.method()) {
+        ui::SessionCheck::Ok => {
+            req.extensions_mut().insert(Authorized);
+            next.run(req).await
         }
-    next.run(req).await
+        _ if page => axum::response::Redirect::to("/ui/login").into_response(),
+        ui::SessionCheck::BadCsrf => {
+            let body = serde_json::json!({"error": {"code": "csrf", "message": "a web UI session must send its CSRF token in X-CSRF-Token with every change"}});
+            (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
+        }
+        ui::SessionCheck::NoSession => {
+            let body = serde_json::json!({"error": {"code": "unauthorized", "message": "this endpoint needs Authorization: Bearer <token>"}});
+            (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+        }
+    }
 }
 
 /// Accepts connections until stopped; each is served by hyper with the header timeout.
@@ -209,7 +278,7 @@ async fn metrics_handler() -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics().render()).into_response()
 }
 
-fn statuses(state: &AppState) -> Vec<CameraStatus> {
+pub(crate) fn statuses(state: &AppState) -> Vec<CameraStatus> {
     state
         .cameras
         .lock()

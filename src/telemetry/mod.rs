@@ -44,6 +44,9 @@ pub const VISITORS_NEW: &str = "facestream_visitors_new_total";
 pub const VISITS_STARTED: &str = "facestream_visits_started_total";
 pub const SNAPSHOTS: &str = "facestream_snapshots_total";
 pub const VISITORS_ACTIVE: &str = "facestream_visitors_active";
+pub const LIVE_FRAMES: &str = "facestream_live_frames_total";
+pub const LIVE_JPEGS: &str = "facestream_live_jpegs_total";
+pub const UI_LOGINS: &str = "facestream_ui_logins_total";
 
 pub struct Metrics {
     pub registry: Registry,
@@ -84,6 +87,9 @@ pub struct Metrics {
     pub visits_started: IntCounterVec,
     pub snapshots: IntCounterVec,
     pub visitors_active: IntGauge,
+    pub live_frames: IntCounterVec,
+    pub live_jpegs: prometheus::IntCounter,
+    pub ui_logins: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -181,6 +187,13 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
+            live_frames: counter(&r, LIVE_FRAMES, "Frames kept for the web UI's live view (only while somebody watches; at most http.live_fps per camera)", &["camera"]),
+            live_jpegs: {
+                let c = prometheus::IntCounter::new(LIVE_JPEGS, "Live-view JPEGs encoded (once per kept frame that somebody asked for)").expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            ui_logins: counter(&r, UI_LOGINS, "Web UI logins by result (ok, refused)", &["result"]),
             registry: r,
         }
     }

@@ -120,11 +120,12 @@ fn spawn(threads: &mut Vec<(String, JoinHandle<()>)>, name: String, f: impl FnOn
 /// Starts every stage for the enabled cameras of `cfg`, the configured event sinks plus
 /// `extra_sinks` as the events application. Models are loaded (and fail) before any camera starts.
 pub fn start(cfg: &Config, gallery: SharedGallery, extra_sinks: Vec<Box<dyn EventSink>>) -> Result<Running, TopologyError> {
-    start_with(cfg, gallery, extra_sinks, Vec::new())
+    start_with(cfg, gallery, extra_sinks, Vec::new(), None)
 }
 
-/// [`start`] with further applications subscribed to the decisions bus.
-pub fn start_with(cfg: &Config, gallery: SharedGallery, extra_sinks: Vec<Box<dyn EventSink>>, apps: Vec<Subscription>) -> Result<Running, TopologyError> {
+/// [`start`] with further applications subscribed to the decisions bus, and the web UI's live
+/// view tap.
+pub fn start_with(cfg: &Config, gallery: SharedGallery, extra_sinks: Vec<Box<dyn EventSink>>, apps: Vec<Subscription>, live: Option<Arc<crate::live::LiveHub>>) -> Result<Running, TopologyError> {
     let cams: Vec<_> = cfg.cameras.iter().filter(|c| c.enabled).cloned().collect();
     if cams.is_empty() {
         return Err(TopologyError::NoCamera);
@@ -191,7 +192,7 @@ pub fn start_with(cfg: &Config, gallery: SharedGallery, extra_sinks: Vec<Box<dyn
     let (tcfg, notes_tx, quality_floor) = (cfg.track.clone(), id_tx.clone(), cfg.identify.quality_floor);
     let context_width = if cfg.snapshots.enabled { cfg.snapshots.context_width } else { 0 };
     let notes = move |n: TrackNote| notes_tx.push(IdentifyMsg::Track(n)).is_ok();
-    spawn(&mut threads, "track".into(), move || track_stage(tcfg, track_rx, decided_rx, TrackOutputs { embed: embed_tx, embed_priority: embed_prio_tx, observed, notes, quality_floor, context_width }))?;
+    spawn(&mut threads, "track".into(), move || track_stage(tcfg, track_rx, decided_rx, TrackOutputs { embed: embed_tx, embed_priority: embed_prio_tx, observed, notes, quality_floor, context_width, live }))?;
     let bcfg = cfg.batch.clone();
     spawn(&mut threads, "batcher".into(), move || batch_stage(bcfg, embed_rx, embed_prio_rx, batch_tx))?;
     for (w, mut emb) in embedders.into_iter().enumerate() {

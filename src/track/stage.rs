@@ -82,6 +82,8 @@ pub struct TrackOutputs<N: Outlet<TrackNote>> {
     pub quality_floor: f32,
     /// Width of the context frame sent with a track's best face so far (0: none).
     pub context_width: u32,
+    /// The web UI's live view (frames and boxes while somebody watches).
+    pub live: Option<Arc<crate::live::LiveHub>>,
 }
 
 /// The track stage: one tracker per camera, fed in each camera's queue order; decides which faces
@@ -162,6 +164,20 @@ fn track_frame<N: Outlet<TrackNote>>(cfg: &TrackConfig, ct: &mut CameraTracks, c
     let decided_refresh = Duration::from_secs_f32(cfg.decided_refresh_seconds);
     let upd = ct.tracker.update(faces);
     m.frames_processed.with_label_values(&[camera]).inc();
+    if let Some(live) = &out.live {
+        live.offer(camera, frame.seq, &frame.image, frame.captured_at, || {
+            let now = ct.tracker.frame();
+            ct.tracker
+                .tracks()
+                .iter()
+                .filter(|t| t.last_frame == now)
+                .filter_map(|t| {
+                    let b = t.face.as_ref()?.bbox;
+                    Some(crate::live::LiveTrack { track_id: format!("{camera}-{}", t.id), bbox: [b.x1, b.y1, b.x2, b.y2], confirmed: ct.info.contains_key(&t.id) })
+                })
+                .collect()
+        });
+    }
     let observe = out.observed.get(camera).copied();
     if observe.is_some() {
         let now = ct.tracker.frame();

@@ -53,10 +53,7 @@ pub struct VisitorsSetup<'a> {
 
 /// Encodes packed RGB as JPEG.
 pub fn jpeg(rgb: &[u8], width: u32, height: u32) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85);
-    image::ImageEncoder::write_image(enc, rgb, width, height, image::ExtendedColorType::Rgb8).ok()?;
-    Some(out)
+    crate::image::jpeg(rgb, width, height, 85)
 }
 
 /// Writes a file whole or not at all (temporary file, then rename).
