@@ -6,7 +6,7 @@
 //! Figures come from the pipeline's own Prometheus metrics (deltas between two snapshots), so the
 //! harness measures exactly what an operator's dashboard shows.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use std::sync::{Arc, RwLock};
@@ -42,6 +42,9 @@ pub struct BenchOptions {
     /// Capacity mode: camera starts are spread evenly over this many seconds, so that looped clips
     /// do not all restart (and start new tracks) at the same moment, as independent cameras would not.
     pub stagger: f64,
+    /// Capacity mode: run each camera count twice, without and then with a headless Chromium
+    /// showing the web UI's live page (what the live view costs).
+    pub ui_client: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -90,6 +93,17 @@ pub struct RunReport {
     pub peak_rss_mb: f64,
     /// Capacity mode: under 1% drops and p99 capture-to-embedding under 250 ms.
     pub holds: bool,
+    /// Process CPU milliseconds per processed frame (comparable across runs that processed
+    /// different numbers of frames).
+    pub cpu_ms_per_frame: f64,
+    /// A headless Chromium showed the live page during the run; its own CPU (all its
+    /// processes), and the live-view JPEGs facestream encoded for it.
+    pub ui_client: bool,
+    pub client_cpu_pct: f64,
+    pub live_jpegs: u64,
+    /// CPU of facestream's HTTP threads (where the live view's JPEGs are encoded and its stream
+    /// is served), in percent of one core.
+    pub http_cpu_pct: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -244,8 +258,14 @@ pub fn run(base: &Config, opts: &BenchOptions, mut progress: impl FnMut(&RunRepo
     enroll_photos(&mut Analyzer::new(base)?, &base.gallery.photos(&base.base_dir)?, &mut gallery)?;
     let gallery = Arc::new(RwLock::new(gallery));
     let mut reports = Vec::new();
-    for &n in &opts.cameras {
+    let clients: &[bool] = if opts.ui_client && opts.mode == Mode::Capacity { &[false, true] } else { &[false] };
+    for (&n, &with_client) in opts.cameras.iter().flat_map(|n| clients.iter().map(move |c| (n, c))) {
         let mut cfg = base.clone();
+        // The HTTP server runs in both runs of a pair; only the browser differs.
+        cfg.http.enabled = opts.ui_client;
+        cfg.http.bind = "127.0.0.1:0".into();
+        cfg.http.token = None;
+        cfg.http.ui = true;
         cfg.events.stdout = false;
         cfg.events.file = None;
         cfg.events.webhook = None;
@@ -274,9 +294,14 @@ pub fn run(base: &Config, opts: &BenchOptions, mut progress: impl FnMut(&RunRepo
         let mut before = None;
         let mut cpu0 = 0.0;
         let mut t0 = Instant::now();
+        let mut client: Option<UiClient> = None;
+        let (mut client_cpu0, mut http_cpu0) = (0.0, 0.0);
         for round in 0..loops {
-            let app = App::start_on(&cfg, gallery.clone(), None, AppOptions::default())?;
+            let app = App::start_on(&cfg, gallery.clone(), None, AppOptions { http: cfg.http.enabled, ..AppOptions::default() })?;
             let running = &app.running;
+            if with_client && let Some(server) = &app.server {
+                client = Some(UiClient::open(&format!("http://{}/ui/", server.addr))?);
+            }
             if round == 0 {
                 if opts.mode == Mode::Capacity {
                     std::thread::sleep(Duration::from_secs_f64(opts.warmup + opts.stagger.max(0.0)));
@@ -284,6 +309,8 @@ pub fn run(base: &Config, opts: &BenchOptions, mut progress: impl FnMut(&RunRepo
                 reset_peak_rss();
                 before = Some(snapshot());
                 cpu0 = cpu_seconds();
+                client_cpu0 = client.as_ref().map_or(0.0, UiClient::cpu_seconds);
+                http_cpu0 = threads_cpu_seconds("http");
                 t0 = Instant::now();
             }
             match opts.mode {
@@ -300,9 +327,18 @@ pub fn run(base: &Config, opts: &BenchOptions, mut progress: impl FnMut(&RunRepo
                 let after = snapshot();
                 let wall = t0.elapsed().as_secs_f64();
                 let cpu = cpu_seconds() - cpu0;
+                let client_cpu = client.as_ref().map_or(0.0, UiClient::cpu_seconds) - client_cpu0;
+                let http_cpu = threads_cpu_seconds("http") - http_cpu0;
+                if let Some(c) = client.take() {
+                    c.close();
+                }
                 running.stop();
                 let Some(b) = before.as_ref() else { return Err(BenchError::Config("no snapshot before the run".into())) };
-                reports.push(report(opts.mode, n, b, &after, wall, cpu));
+                let mut r = report(opts.mode, n, b, &after, wall, cpu);
+                r.ui_client = with_client;
+                r.client_cpu_pct = client_cpu.max(0.0) * 100.0 / wall;
+                r.http_cpu_pct = http_cpu.max(0.0) * 100.0 / wall;
+                reports.push(r);
             }
             app.finish();
         }
@@ -362,18 +398,96 @@ fn report(mode: Mode, n: usize, b: &Snapshot, a: &Snapshot, wall: f64, cpu: f64)
         identifications_unknown: d(telemetry::IDENTIFICATIONS, Some(("outcome", "unknown"))),
         cpu_pct: cpu * 100.0 / wall,
         peak_rss_mb: peak_rss_mb(),
+        cpu_ms_per_frame: if processed > 0 { cpu * 1e3 / processed as f64 } else { 0.0 },
+        ui_client: false,
+        client_cpu_pct: 0.0,
+        live_jpegs: d(telemetry::LIVE_JPEGS, None),
+        http_cpu_pct: 0.0,
+    }
+}
+
+/// CPU seconds of this process's threads whose name starts with `prefix` (threads that ended
+/// are not counted: the HTTP runtime's threads live as long as the server).
+fn threads_cpu_seconds(prefix: &str) -> f64 {
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64; // SAFETY: no preconditions.
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        if !stat[open + 1..close].starts_with(prefix) {
+            continue;
+        }
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let num = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        total += (num(14) + num(15)) / hz.max(1.0);
+    }
+    total
+}
+
+/// A headless Chromium showing a page (the web UI's live view) until closed.
+struct UiClient {
+    child: std::process::Child,
+    profile: PathBuf,
+}
+
+impl UiClient {
+    fn open(url: &str) -> Result<Self, BenchError> {
+        let program = ["chromium", "chromium-browser", "google-chrome"]
+            .iter()
+            .flat_map(|p| ["/usr/bin", "/usr/local/bin"].map(|d| Path::new(d).join(p)))
+            .find(|p| p.is_file())
+            .ok_or_else(|| BenchError::Config("--ui-client needs Chromium: install the Debian package `chromium` (make test-deps does)".into()))?;
+        let profile = std::env::temp_dir().join(format!("facestream-bench-chromium-{}", std::process::id()));
+        let child = std::process::Command::new(&program)
+            .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--disable-extensions", "--disable-background-networking", "--window-size=1280,900", "--remote-debugging-port=0"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| BenchError::Config(format!("cannot start {}: {e}", program.display())))?;
+        tracing::info!(%url, "headless Chromium showing the live page");
+        Ok(Self { child, profile })
+    }
+
+    /// CPU seconds of the browser and all its processes so far.
+    fn cpu_seconds(&self) -> f64 {
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64; // SAFETY: no preconditions.
+        let mut procs: Vec<(u32, u32, f64)> = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let num = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            procs.push((pid, num(4) as u32, (num(14) + num(15)) / hz.max(1.0)));
+        }
+        let mut tree = vec![self.child.id()];
+        let mut i = 0;
+        while i < tree.len() {
+            let parent = tree[i];
+            tree.extend(procs.iter().filter(|p| p.1 == parent).map(|p| p.0));
+            i += 1;
+        }
+        procs.iter().filter(|p| tree.contains(&p.0)).map(|p| p.2).sum()
+    }
+
+    fn close(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 
 /// The terminal table.
 pub fn table(reports: &[RunReport]) -> String {
     let mut s = String::from(
-        "mode        cams  frames/s  per-cam  faces/s  drop%   det p50/p99 ms   emb p50/p99 ms   event p50/p99 ms  batch  CPU%   RSS MB  holds\n",
+        "mode        cams  frames/s  per-cam  faces/s  drop%   det p50/p99 ms   emb p50/p99 ms   event p50/p99 ms  batch  CPU%  CPU ms/frame  RSS MB  holds\n",
     );
     for r in reports {
         s.push_str(&format!(
-            "{:<11} {:>4}  {:>8.1}  {:>7.1}  {:>7.1}  {:>5.2}  {:>6.1}/{:<7.1}  {:>6.1}/{:<7.1}  {:>7.1}/{:<7.1}  {:>5.2}  {:>5.0}  {:>6.0}  {}\n",
-            format!("{:?}", r.mode).to_lowercase(),
+            "{:<11} {:>4}  {:>8.1}  {:>7.1}  {:>7.1}  {:>5.2}  {:>6.1}/{:<7.1}  {:>6.1}/{:<7.1}  {:>7.1}/{:<7.1}  {:>5.2}  {:>5.0}  {:>12.2}  {:>6.0}  {}\n",
+            if r.ui_client { "capacity+ui".to_string() } else { format!("{:?}", r.mode).to_lowercase() },
             r.cameras,
             r.frames_per_s,
             r.frames_per_s_per_camera,
@@ -387,9 +501,28 @@ pub fn table(reports: &[RunReport]) -> String {
             r.capture_to_event.p99_ms,
             r.batch_mean,
             r.cpu_pct,
+            r.cpu_ms_per_frame,
             r.peak_rss_mb,
             if r.mode == Mode::Capacity { if r.holds { "yes" } else { "no" } } else { "-" },
         ));
+    }
+    // Each camera count with and without the browser: what the live view added.
+    for pair in reports.windows(2) {
+        let (off, on) = (&pair[0], &pair[1]);
+        if !off.ui_client && on.ui_client && off.cameras == on.cameras && off.cpu_ms_per_frame > 0.0 {
+            s.push_str(&format!(
+                "live view, {} camera(s): facestream CPU {:.0}% -> {:.0}% ({:+.1}% per processed frame); its HTTP threads (JPEGs, stream) {:.1}% of a core without and {:.1}% with the page = {:.1}% of facestream's CPU; {} JPEGs encoded; the browser itself used {:.0}% CPU\n",
+                on.cameras,
+                off.cpu_pct,
+                on.cpu_pct,
+                (on.cpu_ms_per_frame / off.cpu_ms_per_frame - 1.0) * 100.0,
+                off.http_cpu_pct,
+                on.http_cpu_pct,
+                (on.http_cpu_pct - off.http_cpu_pct) * 100.0 / on.cpu_pct.max(1e-9),
+                on.live_jpegs,
+                on.client_cpu_pct
+            ));
+        }
     }
     s
 }

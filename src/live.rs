@@ -124,8 +124,9 @@ impl LiveHub {
             (c.frame.clone(), c.seq)
         };
         // Encoded outside the lock: the track stage never waits for a JPEG.
-        let small = if frame.width > self.width { crate::image::thumbnail(&frame, self.width, None) } else { (*frame).clone() };
-        let bytes: Arc<[u8]> = Arc::from(crate::image::jpeg(&small.data, small.width, small.height, 75)?);
+        let started = Instant::now();
+        let bytes: Arc<[u8]> = Arc::from(crate::image::jpeg_scaled(&frame, self.width, 75)?);
+        crate::telemetry::metrics().stage_seconds.with_label_values(&["live_jpeg"]).observe(started.elapsed().as_secs_f64());
         crate::telemetry::metrics().live_jpegs.inc();
         if let Ok(mut cams) = self.cams.lock()
             && let Some(c) = cams.get_mut(camera)

@@ -116,6 +116,13 @@ impl Api {
                 }
                 r.call()
             }
+            ("PATCH", body) => {
+                let mut r = self.agent.patch(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.send(&body.unwrap_or_default()[..])
+            }
             ("DELETE", _) => {
                 let mut r = self.agent.delete(&url);
                 if let Some(a) = &auth {
@@ -194,6 +201,35 @@ fn http_round_trip_enroll_recognize_delete() {
     let (_, body) = api.call("GET", &format!("/api/persons/{id}"), None, None);
     assert_eq!(body["person"]["samples"], 1);
     assert_eq!(body["person"]["metadata"]["team"], "cast");
+
+    // The face is listed with its aligned crop; a rename is what recognition answers at once.
+    let (status, body) = api.call("GET", &format!("/api/persons/{id}/faces"), None, None);
+    assert_eq!((status, body["faces"].as_array().map(Vec::len)), (200, Some(1)), "{body}");
+    assert_eq!(body["faces"][0]["crop"], true);
+    let face = body["faces"][0]["id"].as_u64().unwrap();
+    let crop = api.agent.get(&format!("{}/api/faces/{face}/crop", api.base)).call().unwrap().body_mut().read_to_vec().unwrap();
+    let crop = image::load_from_memory(&crop).expect("a JPEG crop");
+    assert_eq!((crop.width(), crop.height()), (150, 150));
+    let (status, _) = api.call("PATCH", &format!("/api/persons/{id}"), None, Some(br#"{"name":"Paul R"}"#.to_vec()));
+    assert_eq!(status, 401, "a rename needs the token");
+    let (status, body) = api.call("PATCH", &format!("/api/persons/{id}"), Some("t0ken"), Some(br#"{"name":"Paul R"}"#.to_vec()));
+    assert_eq!((status, body["person"]["name"].as_str()), (200, Some("Paul R")), "{body}");
+    let (_, body) = api.call("POST", "/api/recognize", None, Some(paul2.clone()));
+    assert_eq!(body["faces"][0]["person"], "Paul R", "{body}");
+    let (_, other) = api.call("POST", "/api/persons", Some("t0ken"), Some(br#"{"name":"Chris"}"#.to_vec()));
+    let (status, body) = api.call("PATCH", &format!("/api/persons/{id}"), Some("t0ken"), Some(br#"{"name":"Chris"}"#.to_vec()));
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")), "{body}");
+    let (status, _) = api.call("DELETE", &format!("/api/persons/{}", other["person"]["id"]), Some("t0ken"), None);
+    assert_eq!(status, 204);
+    // Removing the only face: the person stays, recognition no longer names them.
+    let (status, _) = api.call("DELETE", &format!("/api/faces/{face}"), Some("t0ken"), None);
+    assert_eq!(status, 204);
+    let (status, _) = api.call("DELETE", &format!("/api/faces/{face}"), Some("t0ken"), None);
+    assert_eq!(status, 404, "already gone");
+    let (_, body) = api.call("POST", "/api/recognize", None, Some(paul2.clone()));
+    assert_eq!(body["faces"][0]["person"], "unknown", "{body}");
+    let (_, body) = api.call("GET", &format!("/api/persons/{id}"), None, None);
+    assert_eq!(body["person"]["samples"], 0);
 
     let (status, _) = api.call("DELETE", &format!("/api/persons/{id}"), Some("t0ken"), None);
     assert_eq!(status, 204);

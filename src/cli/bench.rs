@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// Gate mode: frames per second of the gate camera.
     #[arg(long, default_value_t = 20.0)]
     pub gate_fps: f32,
+    /// Capacity mode: run each camera count twice, without and with a headless Chromium showing
+    /// the web UI's live page (needs the Debian package `chromium`): what the live view costs.
+    #[arg(long)]
+    pub ui_client: bool,
     /// Also write the reports as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -97,7 +101,7 @@ pub fn cmd_bench_gallery(a: BenchGalleryArgs) -> Result<ExitCode> {
 }
 
 pub fn cmd_bench(cfg: &Config, a: BenchArgs) -> Result<ExitCode> {
-    let BenchArgs { mode, cameras, clip, duration, warmup, fps, loops, stagger, json, monitors, gate_clip, gate_person, gate_fps } = a;
+    let BenchArgs { mode, cameras, clip, duration, warmup, fps, loops, stagger, json, monitors, gate_clip, gate_person, gate_fps, ui_client } = a;
     if let BenchMode::Gate = mode {
         let opts = facestream::bench::GateBenchOptions { clip: gate_clip, expected: gate_person, monitor_clip: clip, monitors, duration, gate_fps };
         eprintln!("gate benchmark: {} at {} fps with {:?} monitoring camera(s), {} s each", opts.clip.display(), opts.gate_fps, opts.monitors, opts.duration);
@@ -122,10 +126,19 @@ pub fn cmd_bench(cfg: &Config, a: BenchArgs) -> Result<ExitCode> {
         fps,
         loops,
         stagger,
+        ui_client,
     };
     eprintln!("benchmark: {:?} mode, cameras {:?}, clip {}", opts.mode, opts.cameras, opts.clip.display());
     let reports = facestream::bench::run(cfg, &opts, |r| {
-        eprintln!("  {} camera(s): {:.1} frames/s, {:.2}% dropped, p99 capture-to-event {:.0} ms", r.cameras, r.frames_per_s, r.drop_pct, r.capture_to_event.p99_ms)
+        eprintln!(
+            "  {} camera(s){}: {:.1} frames/s, {:.2}% dropped, p99 capture-to-event {:.0} ms, CPU {:.0}%",
+            r.cameras,
+            if r.ui_client { " with the live page open" } else { "" },
+            r.frames_per_s,
+            r.drop_pct,
+            r.capture_to_event.p99_ms,
+            r.cpu_pct
+        )
     })?;
     print!("{}", facestream::bench::table(&reports));
     if let Some(p) = json {

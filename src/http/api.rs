@@ -541,10 +541,32 @@ const OPENAPI: &str = r##"{
     "/api/persons/{id}": {
       "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
       "get": {"summary": "Get a person", "responses": {"200": {"description": "the person"}, "404": {"description": "no such person"}}},
-      "delete": {"summary": "Delete a person and all their faces", "security": [{"bearer": []}], "responses": {"204": {"description": "deleted"}, "401": {"description": "no or wrong token"}, "404": {"description": "no such person"}}}
+      "delete": {"summary": "Delete a person and all their faces", "security": [{"bearer": []}], "responses": {"204": {"description": "deleted"}, "401": {"description": "no or wrong token"}, "404": {"description": "no such person"}}},
+      "patch": {"summary": "Rename a person", "security": [{"bearer": []}], "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}}},
+                "responses": {"200": {"description": "the renamed person"}, "400": {"description": "bad name"}, "404": {"description": "no such person"}, "409": {"description": "name taken"}}}
+    },
+    "/api/faces/{id}": {
+      "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+      "delete": {"summary": "Remove one face sample (cameras stop matching it at once)", "security": [{"bearer": []}], "responses": {"204": {"description": "removed"}, "404": {"description": "no such face"}}}
+    },
+    "/api/faces/{id}/crop": {
+      "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+      "get": {"summary": "The aligned face crop kept at enrollment (JPEG)", "responses": {"200": {"description": "image/jpeg"}, "404": {"description": "no crop kept"}}}
+    },
+    "/api/cameras/{id}/frame.jpg": {
+      "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+      "get": {"summary": "The camera's newest frame for the live view (at most http.live_width wide; kept only while somebody watches)", "responses": {"200": {"description": "image/jpeg, header X-Frame-Seq"}, "404": {"description": "no such camera"}, "503": {"description": "no frame yet; retry (Retry-After)"}}}
+    },
+    "/api/ui/stream": {
+      "get": {"summary": "Server-Sent Events for the web UI: `event` (identity events), `boxes` (live track boxes), `cameras` (states, every second)", "responses": {"200": {"description": "text/event-stream"}}}
+    },
+    "/api/events/recent": {
+      "parameters": [{"name": "camera", "in": "query", "schema": {"type": "string"}}, {"name": "person", "in": "query", "schema": {"type": "string"}, "description": "part of a person's or visitor's name"}, {"name": "kind", "in": "query", "schema": {"type": "string"}}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+      "get": {"summary": "The newest events (up to 500 kept in memory), newest first", "responses": {"200": {"description": "{\"events\": [...]}"}}}
     },
     "/api/persons/{id}/faces": {
       "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+      "get": {"summary": "A person's face samples (id, quality, created, model, whether a crop is kept)", "responses": {"200": {"description": "faces"}, "404": {"description": "no such person"}}},
       "post": {"summary": "Add a face image (exactly one face) to a person", "security": [{"bearer": []}],
                "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {"image": {"type": "string", "format": "binary"}}}}, "image/jpeg": {"schema": {"type": "string", "format": "binary"}}, "image/png": {"schema": {"type": "string", "format": "binary"}}}},
                "responses": {"201": {"description": "enrolled"}, "404": {"description": "no such person"}, "413": {"description": "image too large"}, "422": {"description": "bad image, no face or several faces", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}
