@@ -272,3 +272,66 @@ fn browser_login_live_view_gallery_timeline_gates() {
     app.running.stop();
     app.finish();
 }
+
+/// The login over plain HTTP: the form's CSRF cookie is required, a wrong token is refused, the
+/// session cookie's flags, the assets' security headers, and no UI at all with `http.ui = false`.
+#[test]
+fn login_form_session_cookie_and_headers() {
+    use facestream::http::{self, AppState, HttpConfig};
+    let gallery = std::sync::Arc::new(std::sync::RwLock::new(facestream::gallery::Gallery::new()));
+    let cfg = HttpConfig { bind: "127.0.0.1:0".into(), token: Some(TOKEN.into()), ..HttpConfig::default() };
+    let state = AppState::new(gallery.clone(), 8).configured(&cfg, Default::default());
+    let server = http::serve(&cfg, state, None).unwrap();
+    let base = format!("http://{}", server.addr);
+    let form = |csrf: &str, token: &str| format!("csrf={csrf}&token={token}");
+
+    let mut page = agent().get(&format!("{base}/ui/login")).call().unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers().get("content-security-policy").unwrap().to_str().unwrap().to_string();
+    assert!(csp.contains("default-src 'self'") && csp.contains("script-src 'self'"), "{csp}");
+    let set = page.headers().get("set-cookie").unwrap().to_str().unwrap().to_string();
+    let login_cookie = set.split(';').next().unwrap().to_string();
+    let nonce = login_cookie.split_once('=').unwrap().1.to_string();
+    let html = page.body_mut().read_to_string().unwrap();
+    assert!(html.contains(&format!("value=\"{nonce}\"")), "the form carries the cookie's CSRF token");
+
+    let post = |cookie: Option<&str>, body: String| {
+        let mut r = agent().post(&format!("{base}/ui/login")).header("content-type", "application/x-www-form-urlencoded");
+        if let Some(c) = cookie {
+            r = r.header("cookie", c);
+        }
+        r.send(body.as_bytes()).unwrap()
+    };
+    assert_eq!(post(None, form(&nonce, TOKEN)).status(), 403, "a form posted without its cookie (from another site) is refused");
+    assert_eq!(post(Some(&login_cookie), form("forged", TOKEN)).status(), 403, "a forged CSRF token is refused");
+    assert_eq!(post(Some(&login_cookie), form(&nonce, "wrong-token")).status(), 401, "a wrong token is refused");
+    let ok = post(Some(&login_cookie), form(&nonce, TOKEN));
+    assert_eq!(ok.status(), 303);
+    let session = ok
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("fs_session="))
+        .expect("a session cookie");
+    assert!(session.contains("HttpOnly") && session.contains("SameSite=Strict") && session.contains("Path=/"), "{session}");
+    let cookie = session.split(';').next().unwrap().to_string();
+    let mut r = agent().get(&format!("{base}/ui/")).header("cookie", &cookie).call().unwrap();
+    assert_eq!(r.status(), 200, "the session opens the page");
+    assert_eq!(r.headers().get("x-frame-options").unwrap(), "DENY");
+    let html = r.body_mut().read_to_string().unwrap();
+    assert!(html.contains("name=\"csrf-token\" content=\"") && !html.contains("content=\"\""), "the page carries the session's CSRF token");
+    let r = agent().get(&format!("{base}/api/cameras")).header("cookie", &cookie).call().unwrap();
+    assert_eq!(r.status(), 200, "the session reads the API");
+    let r = agent().get(&format!("{base}/ui/assets/app.js")).call().unwrap();
+    assert_eq!((r.status().as_u16(), r.headers().get("content-type").unwrap().to_str().unwrap()), (200, "text/javascript; charset=utf-8"), "assets need no login");
+    server.shutdown();
+
+    // http.ui = false: no pages, the API as before.
+    let cfg = HttpConfig { bind: "127.0.0.1:0".into(), ui: false, ..HttpConfig::default() };
+    let server = http::serve(&cfg, AppState::new(gallery, 8).configured(&cfg, Default::default()), None).unwrap();
+    let base = format!("http://{}", server.addr);
+    assert_eq!(agent().get(&format!("{base}/ui/")).call().unwrap().status(), 404);
+    assert_eq!(agent().get(&format!("{base}/api/cameras")).call().unwrap().status(), 200);
+    server.shutdown();
+}

@@ -367,7 +367,12 @@ fn shape_input(pipeline: &gst::Pipeline, camera: &Arc<str>, sink: &Arc<dyn Frame
                     && now - prev < min_interval.mul_f32(0.9)
                 {
                     sink.skipped(&camera);
-                    return gst::PadProbeReturn::Drop;
+                    // Taken and released here, then Handled: returning Drop after the binding
+                    // has taken the buffer made GStreamer unref a null pointer (a CRITICAL per
+                    // skipped frame on stderr).
+                    drop(last);
+                    drop(info.take_buffer());
+                    return gst::PadProbeReturn::Handled;
                 }
                 *last = Some(now);
             }
