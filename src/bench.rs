@@ -248,6 +248,41 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// The config of one run: `n` cameras playing the clip, outputs off, HTTP on with `--ui-client`.
+fn bench_config(base: &Config, opts: &BenchOptions, n: usize) -> Config {
+    let mut cfg = base.clone();
+    // The HTTP server runs in both runs of a pair; only the browser differs.
+    cfg.http.enabled = opts.ui_client;
+    cfg.http.bind = "127.0.0.1:0".into();
+    cfg.http.token = None;
+    cfg.http.ui = true;
+    cfg.events.stdout = false;
+    cfg.events.file = None;
+    cfg.events.webhook = None;
+    cfg.events.mqtt = None;
+    cfg.cameras = (1..=n)
+        .map(|i| {
+            let delay = if opts.mode == Mode::Capacity { opts.stagger.max(0.0) * (i - 1) as f64 / n as f64 } else { 0.0 };
+            let mut c: CameraConfig = toml::from_str(&format!("id = \"bench{i}\"\nurl = \"{}\"\n", opts.clip.display())).expect("camera");
+            match opts.mode {
+                Mode::Capacity => {
+                    c.realtime = true;
+                    c.loop_file = true;
+                    c.max_fps = opts.fps;
+                }
+                Mode::Throughput => {
+                    c.realtime = false;
+                    c.loop_file = false;
+                    c.max_fps = 0.0;
+                }
+            }
+            c.start_delay = Duration::from_secs_f64(delay);
+            c
+        })
+        .collect();
+    cfg
+}
+
 /// Runs every requested camera count; `base` supplies the models, gallery and stage settings.
 pub fn run(base: &Config, opts: &BenchOptions, mut progress: impl FnMut(&RunReport)) -> Result<Vec<RunReport>, BenchError> {
     if !opts.clip.is_file() {
@@ -260,36 +295,7 @@ pub fn run(base: &Config, opts: &BenchOptions, mut progress: impl FnMut(&RunRepo
     let mut reports = Vec::new();
     let clients: &[bool] = if opts.ui_client && opts.mode == Mode::Capacity { &[false, true] } else { &[false] };
     for (&n, &with_client) in opts.cameras.iter().flat_map(|n| clients.iter().map(move |c| (n, c))) {
-        let mut cfg = base.clone();
-        // The HTTP server runs in both runs of a pair; only the browser differs.
-        cfg.http.enabled = opts.ui_client;
-        cfg.http.bind = "127.0.0.1:0".into();
-        cfg.http.token = None;
-        cfg.http.ui = true;
-        cfg.events.stdout = false;
-        cfg.events.file = None;
-        cfg.events.webhook = None;
-        cfg.events.mqtt = None;
-        cfg.cameras = (1..=n)
-            .map(|i| {
-                let delay = if opts.mode == Mode::Capacity { opts.stagger.max(0.0) * (i - 1) as f64 / n as f64 } else { 0.0 };
-                let mut c: CameraConfig = toml::from_str(&format!("id = \"bench{i}\"\nurl = \"{}\"\n", opts.clip.display())).expect("camera");
-                match opts.mode {
-                    Mode::Capacity => {
-                        c.realtime = true;
-                        c.loop_file = true;
-                        c.max_fps = opts.fps;
-                    }
-                    Mode::Throughput => {
-                        c.realtime = false;
-                        c.loop_file = false;
-                        c.max_fps = 0.0;
-                    }
-                }
-                c.start_delay = Duration::from_secs_f64(delay);
-                c
-            })
-            .collect();
+        let cfg = bench_config(base, opts, n);
         let loops = if opts.mode == Mode::Throughput { opts.loops.max(1) } else { 1 };
         let mut before = None;
         let mut cpu0 = 0.0;
