@@ -26,4 +26,5 @@ pub mod soak;
 pub mod telemetry;
 pub mod topology;
 pub mod track;
+pub mod train;
 pub mod visitors;

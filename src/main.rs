@@ -115,6 +115,10 @@ enum Command {
         duration: f64,
     },
     Bench(cli::bench::BenchArgs),
+    /// Train on your own labelled faces with FaceNet's triplet loss: `--head` learns a small
+    /// projection on the frozen embedder; reports TAR/DIR before and after on identities never
+    /// trained on, writes the head and its model card.
+    Train(cli::train::TrainArgs),
     /// Enroll persons into the gallery store: `--name NAME IMAGE...`, `--dir DIR` (one sub-folder per
     /// person) or `--video CLIP --name NAME`; faces that would poison the gallery are refused.
     Enroll(cli::gallery::EnrollArgs),
@@ -277,6 +281,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::BenchGallery(a) => cli::bench::cmd_bench_gallery(a),
         Command::Soak(a) => cli::bench::cmd_soak(&cfg, a),
         Command::Bench(a) => cli::bench::cmd_bench(&cfg, a),
+        Command::Train(a) => cli::train::cmd_train(&cfg, a),
         Command::Run { duration } => {
             let file = cli.global.config.clone().unwrap_or_else(|| PathBuf::from("<embedded config/default.toml>"));
             cli::run::cmd_run(&cfg, &file, duration)

@@ -111,10 +111,10 @@ impl OpenSetArgs {
 }
 
 /// The photos of a set, embedded (cached), as (identity index, embedding), with identity names.
-struct Embedded {
-    names: Vec<String>,
-    samples: Vec<(u32, Vec<f32>)>,
-    failed: usize,
+pub(crate) struct Embedded {
+    pub names: Vec<String>,
+    pub samples: Vec<(u32, Vec<f32>)>,
+    pub failed: usize,
 }
 
 fn default_cache(identities: &Path, flip: bool) -> PathBuf {
@@ -126,7 +126,7 @@ fn default_cache(identities: &Path, flip: bool) -> PathBuf {
     base.join("embeddings").join(format!("{h:016x}{}.bin", if flip { "-flip" } else { "" }))
 }
 
-fn embed_labelled(cfg: &Config, identities: &Path, a: &OpenSetArgs) -> Result<Embedded> {
+pub(crate) fn embed_labelled(cfg: &Config, identities: &Path, a: &OpenSetArgs) -> Result<Embedded> {
     let list = facestream::dataset::read(identities)?;
     let pick = if a.pick == "confident" { eval::embedded::Pick::Confident } else { eval::embedded::Pick::Centre };
     let cache = a.cache.clone().unwrap_or_else(|| default_cache(identities, cfg.embed.flip));

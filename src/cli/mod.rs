@@ -7,6 +7,7 @@ pub mod gallery;
 pub mod gates;
 pub mod photos;
 pub mod run;
+pub mod train;
 pub mod visitors;
 
 use std::path::{Path, PathBuf};

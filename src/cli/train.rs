@@ -1,0 +1,268 @@
+//! `facestream train --head`: a triplet-loss projection on the frozen embedder, trained on a
+//! labelled set (identities file or one folder per person), judged on identities it never saw.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use facestream::config::Config;
+use facestream::train::data::{self, Part};
+use facestream::train::{Head, Mining, TrainConfig, train_head};
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Train a small projection head on the frozen embedder (embeddings computed once, cached).
+    #[arg(long, required = true)]
+    pub head: bool,
+    /// Labelled photos: an identities file (`path<TAB>identity`) or a folder with one sub-folder
+    /// per person (the `eval` format).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Folder for head.safetensors, head.toml (the model card) and curves.png.
+    #[arg(long, default_value = "head")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 30)]
+    pub epochs: usize,
+    /// Batches per epoch (0: as many as the training faces fill).
+    #[arg(long, default_value_t = 0)]
+    pub steps: usize,
+    /// Seed of the identity split, the batch draws and the evaluation draws.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Triplet margin (FaceNet: 0.2 on unit vectors, squared distances).
+    #[arg(long, default_value_t = 0.2)]
+    pub margin: f32,
+    /// Identities per batch.
+    #[arg(long, default_value_t = 32)]
+    pub p: usize,
+    /// Faces per identity in a batch.
+    #[arg(long, default_value_t = 4)]
+    pub k: usize,
+    /// Adam learning rate (halved at 1/2 and again at 3/4 of the epochs).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// semi-hard (FaceNet) or hardest negatives.
+    #[arg(long, value_parser = ["semi-hard", "hardest"], default_value = "semi-hard")]
+    pub mining: String,
+    /// Identities never trained on, that the before/after figures are reported on: `report` (the
+    /// report split of `eval --open-set`, about half) or `none` (tiny sets: train on everyone;
+    /// the figures are then on people the head has seen).
+    #[arg(long = "hold-out", value_parser = ["report", "none"], default_value = "report")]
+    pub hold_out: String,
+    /// Share of the training identities kept for validation (early stopping, threshold; with
+    /// fewer than a few hundred validation people the choice of epoch is noise).
+    #[arg(long, default_value_t = 0.3)]
+    pub validation: f64,
+    /// Pull of the head's weights towards the identity (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    pub anchor: f64,
+    /// Epochs without a better validation DIR before stopping.
+    #[arg(long, default_value_t = 5)]
+    pub patience: usize,
+    /// Gallery size for DIR at FAR 1% (held-out and validation figures).
+    #[arg(long, default_value_t = 100)]
+    pub gallery: usize,
+    /// Random gallery draws per evaluation.
+    #[arg(long, default_value_t = 5)]
+    pub trials: usize,
+    /// Embedding cache (default: under the download cache, one file per identities file).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Analyzer threads for embedding the photos.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+}
+
+/// The training settings from the arguments, range-checked.
+fn settings(a: &TrainArgs) -> Result<TrainConfig> {
+    let settings = TrainConfig {
+        margin: a.margin,
+        p: a.p,
+        k: a.k,
+        lr: a.lr,
+        epochs: a.epochs,
+        steps_per_epoch: a.steps,
+        mining: if a.mining == "hardest" { Mining::Hardest } else { Mining::SemiHard },
+        seed: a.seed,
+        patience: a.patience,
+        anchor: a.anchor,
+    };
+    if !(0.0..=0.5).contains(&a.validation) || a.p < 2 || a.k < 2 || !(a.margin > 0.0 && a.margin < 4.0) || !(a.lr > 0.0 && a.lr < 1.0) || !(0.0..=100.0).contains(&a.anchor) {
+        bail!("--validation must be 0..0.5, --p and --k at least 2, --margin in (0, 4), --lr in (0, 1), --anchor in 0..100");
+    }
+    Ok(settings)
+}
+
+pub fn cmd_train(cfg: &Config, a: TrainArgs) -> Result<ExitCode> {
+    let settings = settings(&a)?;
+    let started = std::time::Instant::now();
+    let embed = embed_args(&a);
+    let e = super::eval::embed_labelled(cfg, &a.data, &embed)?;
+    let dim = e.samples.first().map(|s| s.1.len()).context("no photo with a usable face")?;
+    let (train_people, val_people, held_people) = split(&e.names, &a);
+    // Training rows renumbered densely; validation and held-out rows keep their identity index.
+    let train_set: std::collections::HashSet<u32> = train_people.iter().copied().collect();
+    let train: Vec<(u32, Vec<f32>)> = e.samples.iter().filter(|s| train_set.contains(&s.0)).cloned().collect();
+    eprintln!(
+        "{} identities: {} train ({} photos), {} validation, {} held out (never trained on; the report split of `eval --open-set`, seed {})",
+        e.names.len(),
+        train_people.len(),
+        train.len(),
+        val_people.len(),
+        held_people.len(),
+        a.seed
+    );
+    let val_gallery = a.gallery.min(val_people.len().saturating_sub(1)).max(2);
+    let figures = |head: &Head, set: &[u32], gallery: usize, trials: usize| -> Result<data::Figures> {
+        let rows: Vec<Vec<f32>> = e.samples.iter().map(|s| s.1.clone()).collect();
+        let mapped = head.apply(&rows)?;
+        let samples: Vec<(u32, Vec<f32>)> = e.samples.iter().zip(mapped).map(|(s, v)| (s.0, v)).collect();
+        Ok(data::figures(&samples, set, gallery, trials, 200_000, a.seed)?)
+    };
+    let identity = Head::identity(dim, &candle_core::Device::Cpu)?;
+    let before = figures(&identity, &held_people, a.gallery, a.trials)?;
+    eprintln!("held out, before: TAR@FAR0.1% {:.4}, DIR@FAR1% {:.4} (gallery {})", before.tar_at_far_01pct, before.dir_at_far_1pct, before.gallery);
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        let _ = ctrlc_flag(flag);
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(indicatif::ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let out = a.out.clone();
+    if val_people.len() < 3 {
+        eprintln!("warning: {} validation identities: too few to judge a head; the training loss picks the epoch", val_people.len());
+    }
+    let mut validate = |h: &Head| -> Result<Option<f64>, facestream::train::TrainError> {
+        if val_people.len() < 3 {
+            return Ok(None);
+        }
+        figures(h, &val_people, val_gallery, a.trials).map(|f| Some(f.dir_at_far_1pct)).map_err(|e| facestream::train::TrainError::Data(e.to_string()))
+    };
+    let mut on_best = |h: &Head, log: &facestream::train::EpochLog| -> Result<(), facestream::train::TrainError> {
+        data::save_weights(h, &out)?;
+        tracing::info!(epoch = log.epoch, validation = log.validation, "best head so far saved");
+        Ok(())
+    };
+    let stop = || interrupted.load(Ordering::SeqCst);
+    let mut progress = |epoch: usize, step: usize, steps: usize, loss: f32, active: f32| {
+        bar.set_length(steps as u64);
+        bar.set_position(step as u64);
+        bar.set_prefix(epoch.to_string());
+        bar.set_message(format!("loss {loss:.4}, active pairs {:.0}%", active * 100.0));
+        if !tty && step == steps {
+            eprintln!("epoch {epoch}: loss {loss:.4}, active pairs {:.0}%", active * 100.0);
+        }
+    };
+    let t = train_head(&train, dim, &settings, &mut validate, &mut on_best, &stop, &mut progress)?;
+    bar.finish_and_clear();
+    if interrupted.load(Ordering::SeqCst) {
+        eprintln!("interrupted: keeping the best head so far (epoch {})", t.best_epoch);
+    }
+    data::save_weights(&t.head, &a.out)?;
+    let after = figures(&t.head, &held_people, a.gallery, a.trials)?;
+    let threshold = if val_people.len() >= 3 { figures(&t.head, &val_people, val_gallery, a.trials)?.threshold_at_far_1pct } else { after.threshold_at_far_1pct };
+    let (loss_curve, validation_curve) = data::curves(&t.log);
+    let models = facestream::infer::locate_models(&cfg.infer);
+    let parent = facestream::infer::ModelCard::read(&models.join(format!("{}.toml", facestream::embed::CARD))).map(|c| c.id).unwrap_or_else(|_| "unknown".into());
+    let card = data::HeadCard {
+        id: data::head_id(&parent, &t.head)?,
+        parent_model: parent,
+        dim,
+        created: facestream::events::rfc3339(std::time::SystemTime::now()),
+        data: a.data.display().to_string(),
+        seed: a.seed,
+        settings: data::settings_json(&settings),
+        train_people: train_people.len(),
+        train_photos: train.len(),
+        validation_people: val_people.len(),
+        best_epoch: t.best_epoch,
+        loss_curve: loss_curve.clone(),
+        validation_curve: validation_curve.clone(),
+        held_out_before: before.clone(),
+        held_out_after: after.clone(),
+        threshold,
+        training_seconds: started.elapsed().as_secs_f64(),
+    };
+    data::write_card(&card, &a.out)?;
+    plot_curves(&a.out, &loss_curve, &validation_curve);
+    print_summary(&before, &after, &t, threshold, started.elapsed().as_secs_f64(), &a.out);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How the photos are embedded (the `eval` settings, fixed for training).
+fn embed_args(a: &TrainArgs) -> super::eval::OpenSetArgs {
+    super::eval::OpenSetArgs {
+        gallery_sizes: vec![a.gallery],
+        trials: a.trials,
+        seed: a.seed,
+        enroll: 1,
+        min_photos: None,
+        max_strangers: 1000,
+        pick: "centre".into(),
+        cache: a.cache.clone(),
+        workers: a.workers,
+    }
+}
+
+/// Training, validation and held-out identities (indices into `names`).
+fn split(names: &[String], a: &TrainArgs) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    let part: Vec<Part> = names
+        .iter()
+        .map(|n| match data::part_of(n, a.seed, a.validation) {
+            Part::Held if a.hold_out == "none" => Part::Train,
+            p => p,
+        })
+        .collect();
+    let people = |p: Part| (0..names.len() as u32).filter(|&i| part[i as usize] == p).collect::<Vec<u32>>();
+    let (train_people, val_people, mut held_people) = (people(Part::Train), people(Part::Validation), people(Part::Held));
+    if a.hold_out == "none" {
+        eprintln!("warning: --hold-out none: the figures below are on people the head was trained on");
+        held_people = train_people.clone();
+    }
+    (train_people, val_people, held_people)
+}
+
+fn plot_curves(out: &std::path::Path, loss_curve: &[f32], validation_curve: &[f64]) {
+    let plot = out.join("curves.png");
+    let loss_series: Vec<(f64, f64)> = loss_curve.iter().enumerate().map(|(i, &l)| ((i + 1) as f64, l as f64)).collect();
+    let val_series: Vec<(f64, f64)> = validation_curve.iter().enumerate().map(|(i, &v)| (i as f64, v)).collect();
+    if let Err(err) = facestream::eval::plot::lines(&plot, "triplet-loss head", "epoch", &[("training loss".into(), loss_series), ("validation DIR@FAR1%".into(), val_series)]) {
+        eprintln!("warning: no plot ({err})");
+    }
+}
+
+fn print_summary(before: &data::Figures, after: &data::Figures, t: &facestream::train::Trained, threshold: f32, seconds: f64, out: &std::path::Path) {
+    println!("held-out identities ({} people, {} photos, never trained on):", after.people, after.photos);
+    println!("{:<8} {:>14} {:>22}", "", "TAR@FAR0.1%", format!("DIR@FAR1% (G={})", after.gallery));
+    println!("{:<8} {:>14.4} {:>22.4}", "before", before.tar_at_far_01pct, before.dir_at_far_1pct);
+    println!("{:<8} {:>14.4} {:>22.4}", "after", after.tar_at_far_01pct, after.dir_at_far_1pct);
+    println!(
+        "best epoch {} of {}{}; threshold {:.3} (validation, FAR 1%); {:.0} s; written to {}",
+        t.best_epoch,
+        t.log.len() - 1,
+        if t.stopped_early { " (stopped early)" } else { "" },
+        threshold,
+        seconds,
+        out.display()
+    );
+}
+
+/// Ctrl-C sets `flag` (training stops after the batch and keeps the best head).
+fn ctrlc_flag(flag: Arc<AtomicBool>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("train-signal".into()).spawn(move || {
+        rt.block_on(async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                flag.store(true, Ordering::SeqCst);
+            }
+        })
+    })?;
+    Ok(())
+}

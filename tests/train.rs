@@ -1,0 +1,58 @@
+//! `facestream train --head` end to end on a tiny labelled set of fixture photos (real models):
+//! the head, its model card and the curves are written, and the saved head reloads and maps an
+//! embedding to a unit vector. The long runs on the calibration set are benchmarks (BENCHMARKS.md).
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn train_head_smoke_on_fixture_photos() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let f = |n: &str| root.join("tests/fixtures").join(n).display().to_string();
+    let rows = [
+        ("meds-aa-S001-01.jpg", "S001"),
+        ("meds-aa-S001-02.jpg", "S001"),
+        ("meds-aa-S001-03.jpg", "S001"),
+        ("Paul.jpeg", "Paul"),
+        ("Paul2.jpeg", "Paul"),
+        ("meds-af-S419-01.jpg", "S419"),
+        ("meds-af-S419-01_40deg.jpg", "S419"),
+        ("meds-aa-S029-01.jpg", "S029"),
+        ("Chris.jpeg", "Chris"),
+    ];
+    let list = dir.path().join("identities.tsv");
+    std::fs::write(&list, rows.iter().map(|(p, id)| format!("{}\t{id}\n", f(p))).collect::<String>()).unwrap();
+    let out = dir.path().join("head");
+    let run = Command::new(env!("CARGO_BIN_EXE_facestream"))
+        .args(["train", "--head", "--hold-out", "none", "--validation", "0", "--epochs", "3", "--steps", "4", "--p", "3", "--k", "2", "--gallery", "3", "--trials", "1", "--workers", "1"])
+        .arg("--data")
+        .arg(&list)
+        .arg("--out")
+        .arg(&out)
+        .arg("--cache")
+        .arg(dir.path().join("cache.bin"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "train failed:\n{stderr}\n{stdout}");
+    assert!(stdout.contains("before") && stdout.contains("after"), "{stdout}");
+    assert!(stderr.contains("people the head was trained on"), "the tiny run says its figures are on seen people: {stderr}");
+
+    let card: toml::Value = toml::from_str(&std::fs::read_to_string(out.join("head.toml")).unwrap()).unwrap();
+    assert!(card["id"].as_str().unwrap().contains("+head-"), "{card}");
+    assert_eq!(card["train_people"].as_integer(), Some(5));
+    assert_eq!(card["train_photos"].as_integer(), Some(9));
+    assert_eq!(card["loss_curve"].as_array().unwrap().len(), 3, "one loss per epoch");
+    assert!(card["held_out_after"]["tar_at_far_01pct"].as_float().is_some());
+    let png = std::fs::read(out.join("curves.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "the curves are a PNG");
+
+    let head = facestream::train::data::load_head(&out).unwrap();
+    assert_eq!(head.dim, 128);
+    let v = facestream::embed::random_units(1, 3);
+    let mapped = head.apply(&[v]).unwrap();
+    let norm: f32 = mapped[0].iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "unit vectors out: {norm}");
+}
