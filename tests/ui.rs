@@ -335,3 +335,50 @@ fn login_form_session_cookie_and_headers() {
     assert_eq!(agent().get(&format!("{base}/api/cameras")).call().unwrap().status(), 200);
     server.shutdown();
 }
+
+/// The visitors page: signer B of book.mkv (an empty gallery) becomes a visitor; "Who is this?"
+/// in the browser names her, and she is then a person of the gallery page with her faces.
+#[test]
+fn browser_names_an_unknown_visitor() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[events]\nstdout = false\ncamera_states = false\n[http]\nbind = \"127.0.0.1:0\"\n[gallery]\nstore = \"{}\"\n[snapshots]\nenabled = true\n[visitors]\nenabled = true\n[[cameras]]\nid = \"book\"\nurl = \"tests/fixtures/signs/book.mkv\"\n",
+        dir.path().join("gallery.db").display()
+    );
+    let mut cfg = Config::parse(&text, Path::new("ui.toml")).unwrap();
+    cfg.base_dir = root();
+    cfg.validate_for_run(Path::new("ui.toml")).unwrap();
+    let (_driver, driver_url) = chromedriver();
+    let app = App::start(&cfg, app::load_gallery(&cfg).unwrap(), AppOptions { http: true, ..AppOptions::default() }).unwrap();
+    let base = format!("http://{}", app.server.as_ref().unwrap().addr);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !app.running.is_finished() {
+        assert!(Instant::now() < deadline, "the clip did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let c = browser(&driver_url).await;
+        c.goto(&format!("{base}/ui/#visitors")).await.unwrap();
+        let cards = wait_js(&c, "return [...document.querySelectorAll('#visitors li[data-visitor]')].map(e => e.dataset.visitor).join(',')", "a visitor card", Duration::from_secs(15), |v| {
+            v.as_str().is_some_and(|s| !s.is_empty())
+        })
+        .await;
+        assert_eq!(cards.as_str(), Some("visitor-1"), "signer B is one visitor");
+        wait_js(&c, "const i = document.querySelector('#visitors li img'); return i && i.complete ? i.naturalWidth : 0", "the visitor's best face", Duration::from_secs(10), |v| v.as_u64().unwrap_or(0) > 0).await;
+        shot(&c, "visitors-unknown").await;
+        c.find(Locator::Css("#visitors li[data-visitor=visitor-1] button")).await.unwrap().click().await.unwrap();
+        c.send_alert_text("Signer B").await.unwrap();
+        c.accept_alert().await.unwrap();
+        wait_js(&c, "return document.querySelector('#status').textContent", "the naming's confirmation", Duration::from_secs(20), |v| v.as_str().is_some_and(|s| s.contains("visitor-1 is Signer B"))).await;
+        c.goto(&format!("{base}/ui/#gallery")).await.unwrap();
+        let faces = wait_js(&c, "const p = document.querySelector('.person[data-person=\"Signer B\"] .meta'); return p ? p.textContent : ''", "Signer B in the gallery", Duration::from_secs(10), |v| {
+            v.as_str().is_some_and(|s| s.contains("face"))
+        })
+        .await;
+        let n: usize = faces.as_str().unwrap().split_whitespace().next().unwrap().parse().unwrap();
+        assert!(n >= 1, "her best faces were enrolled: {faces}");
+        c.close().await.unwrap();
+    });
+    app.finish();
+}
