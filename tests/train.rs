@@ -49,6 +49,29 @@ fn train_head_smoke_on_fixture_photos() {
     let png = std::fs::read(out.join("curves.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "the curves are a PNG");
 
+    // `run`, `compare` and the rest take the head through embed.head: the head's threshold and
+    // model id are used.
+    let cfg = dir.path().join("with-head.toml");
+    std::fs::write(&cfg, "[embed]\nhead = \"head\"\n").unwrap();
+    let compare = |config: Option<&Path>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_facestream"));
+        if let Some(p) = config {
+            c.arg("--config").arg(p);
+        }
+        let o = c.arg("compare").arg(f("Paul.jpeg")).arg(f("Paul2.jpeg")).arg("--json").output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap(), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    let (with, log) = compare(Some(&cfg));
+    assert!(log.contains("+head-"), "the head's model id is in use: {log}");
+    assert!((with["threshold"].as_f64().unwrap() - card["threshold"].as_float().unwrap()).abs() < 1e-4, "{with}");
+    let (bare, _) = compare(None);
+    assert!(with["distance"].as_f64().is_some() && bare["distance"].as_f64().is_some());
+    std::fs::write(&cfg, "[embed]\nhead = \"missing\"\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_facestream")).arg("--config").arg(&cfg).arg("compare").arg(f("Paul.jpeg")).arg(f("Paul2.jpeg")).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("embed.head") && err.contains("missing"), "a missing head is named: {err}");
+
     let head = facestream::train::data::load_head(&out).unwrap();
     assert_eq!(head.dim, 128);
     let v = facestream::embed::random_units(1, 3);

@@ -125,6 +125,11 @@ impl Config {
         Ok(cfg)
     }
 
+    /// `embed.head` resolved against the config file's folder.
+    pub fn embed_head(&self) -> Option<PathBuf> {
+        self.embed.head.as_ref().map(|h| if h.is_absolute() { h.clone() } else { self.base_dir.join(h) })
+    }
+
     /// Parses without checking the values (`facestream check` then reports every problem).
     pub fn parse_unchecked(text: &str, file: &Path) -> Result<Self, ConfigError> {
         let mut cfg: Config =

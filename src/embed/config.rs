@@ -17,11 +17,15 @@ pub struct EmbedConfig {
     /// The same for the faces of tracks. Off by default: it doubles the pipeline's embedding
     /// cost (4 cameras at 10 fps: p99 capture-to-event 741 ms instead of about 100 ms).
     pub flip_tracks: bool,
+    /// A head written by `facestream train --head` (its folder, relative to the config file):
+    /// every embedding goes through it. Embeddings enrolled without it (or with another head)
+    /// are refused at start: re-enroll.
+    pub head: Option<std::path::PathBuf>,
 }
 
 impl Default for EmbedConfig {
     fn default() -> Self {
-        Self { threshold: None, rotate: false, flip: true, flip_tracks: false }
+        Self { threshold: None, rotate: false, flip: true, flip_tracks: false, head: None }
     }
 }
 

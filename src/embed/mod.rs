@@ -6,6 +6,7 @@ pub mod batcher;
 pub mod config;
 pub mod stage;
 
+pub mod head;
 pub use align::{CROP_BYTES, CROP_SIDE, CropBox, align, align_into, crop_box};
 pub use config::EmbedConfig;
 
@@ -28,6 +29,10 @@ pub enum EmbedError {
     BadCrop { got: usize },
     #[error("embedder returned shape {0:?}, expected [N, {DIM}]")]
     BadOutput(Vec<usize>),
+    #[error(transparent)]
+    Head(#[from] head::HeadError),
+    #[error("embed.head was trained on model `{parent}`, but this facestream embeds with `{running}`: train the head again")]
+    HeadParent { parent: String, running: String },
 }
 
 /// One embedding session (one per worker).
@@ -39,20 +44,37 @@ pub struct Embedder {
     pub threshold: f32,
     /// Where the card lives: its open-set calibration (`identify::calibration`) is beside it.
     pub models_dir: std::path::PathBuf,
+    /// A trained projection head applied to every embedding (`embed.head`).
+    head: Option<head::ProjectionHead>,
 }
 
 impl Embedder {
     pub fn new(rt: &Runtime, _cfg: &EmbedConfig) -> Result<Self, EmbedError> {
         let model = rt.load(CARD)?;
         let threshold = model.card.calibration_f32("threshold").unwrap_or(FALLBACK_THRESHOLD);
-        let mut e = Self { model, input: Vec::new(), threshold, models_dir: rt.models_dir.clone() };
+        let mut e = Self { model, input: Vec::new(), threshold, models_dir: rt.models_dir.clone(), head: None };
         e.embed_crops(&vec![128u8; CROP_BYTES])?;
         Ok(e)
     }
 
+    /// With a trained head (`embed.head`): embeddings go through it, the model id becomes the
+    /// head's (the gallery store then refuses samples of the bare embedder: re-enroll) and the
+    /// threshold the head's calibrated one.
+    pub fn with_head(mut self, dir: Option<&std::path::Path>) -> Result<Self, EmbedError> {
+        let Some(dir) = dir else { return Ok(self) };
+        let h = head::ProjectionHead::load(dir)?;
+        if h.parent != self.model.card.id {
+            return Err(EmbedError::HeadParent { parent: h.parent, running: self.model.card.id.clone() });
+        }
+        tracing::info!(head = %dir.display(), id = %h.id, threshold = h.threshold, "embeddings go through a trained head");
+        self.threshold = h.threshold;
+        self.head = Some(h);
+        Ok(self)
+    }
+
     /// Stable id of the model, stored with every enrolled embedding.
     pub fn model_id(&self) -> &str {
-        &self.model.card.id
+        self.head.as_ref().map_or(&self.model.card.id, |h| &h.id)
     }
 
     /// Embeds crops as [`Embedder::embed_crops`]; with `flip` each crop's mirror image goes in
@@ -91,7 +113,13 @@ impl Embedder {
         if desc.shape != [n, DIM] {
             return Err(EmbedError::BadOutput(desc.shape.clone()));
         }
-        Ok(desc.data.chunks_exact(DIM).map(normalized).collect())
+        Ok(desc.data.chunks_exact(DIM).map(|v| {
+            let e = normalized(v);
+            match &self.head {
+                Some(h) => h.apply(&e),
+                None => e,
+            }
+        }).collect())
     }
 }
 

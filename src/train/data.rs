@@ -125,8 +125,7 @@ pub struct HeadCard {
     pub training_seconds: f64,
 }
 
-pub const WEIGHTS: &str = "head.safetensors";
-pub const CARD: &str = "head.toml";
+pub use crate::embed::head::{CARD, WEIGHTS};
 
 /// Writes the head's weights (temporary file, then rename: an interrupt never leaves half a file).
 pub fn save_weights(head: &Head, dir: &Path) -> Result<PathBuf, TrainError> {
