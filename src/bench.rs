@@ -225,16 +225,21 @@ fn percentiles(before: &Snapshot, after: &Snapshot, name: &str) -> Percentiles {
     }
 }
 
-/// CPU seconds used by this process so far (user + system).
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // Fields after the command name start at field 3 (state); utime is 14, stime 15.
-    let ticks = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+/// One `/proc/.../stat` file: (command name, parent pid, CPU seconds user + system).
+fn proc_stat(path: &Path) -> Option<(String, u32, f64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let f: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    // Fields after the command name start at field 3 (state): ppid is 4, utime 14, stime 15.
+    let num = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(14) + ticks(15)) / hz.max(1.0)
+    Some((stat.get(open + 1..close)?.to_string(), num(4) as u32, (num(14) + num(15)) / hz.max(1.0)))
+}
+
+/// CPU seconds used by this process so far (user + system).
+fn cpu_seconds() -> f64 {
+    proc_stat(Path::new("/proc/self/stat")).map_or(0.0, |s| s.2)
 }
 
 use crate::telemetry::proc_status_mb;
@@ -415,19 +420,14 @@ fn report(mode: Mode, n: usize, b: &Snapshot, a: &Snapshot, wall: f64, cpu: f64)
 /// CPU seconds of this process's threads whose name starts with `prefix` (threads that ended
 /// are not counted: the HTTP runtime's threads live as long as the server).
 fn threads_cpu_seconds(prefix: &str) -> f64 {
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64; // SAFETY: no preconditions.
-    let mut total = 0.0;
-    for entry in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        if !stat[open + 1..close].starts_with(prefix) {
-            continue;
-        }
-        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let num = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        total += (num(14) + num(15)) / hz.max(1.0);
-    }
-    total
+    std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| proc_stat(&e.path().join("stat")))
+        .filter(|(name, _, _)| name.starts_with(prefix))
+        .map(|s| s.2)
+        .sum()
 }
 
 /// A headless Chromium showing a page (the web UI's live view) until closed.
@@ -458,15 +458,12 @@ impl UiClient {
 
     /// CPU seconds of the browser and all its processes so far.
     fn cpu_seconds(&self) -> f64 {
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64; // SAFETY: no preconditions.
         let mut procs: Vec<(u32, u32, f64)> = Vec::new();
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-            let Some((_, rest)) = stat.rsplit_once(')') else { continue };
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let num = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            procs.push((pid, num(4) as u32, (num(14) + num(15)) / hz.max(1.0)));
+            if let Some((_, ppid, cpu)) = proc_stat(&entry.path().join("stat")) {
+                procs.push((pid, ppid, cpu));
+            }
         }
         let mut tree = vec![self.child.id()];
         let mut i = 0;
@@ -536,6 +533,13 @@ pub fn table(reports: &[RunReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_stat_reads_this_process() {
+        let (name, ppid, cpu) = proc_stat(Path::new("/proc/self/stat")).expect("/proc/self/stat");
+        assert!(!name.is_empty() && ppid > 0 && cpu >= 0.0, "{name} {ppid} {cpu}");
+        assert!(threads_cpu_seconds("") >= 0.0);
+    }
 
     #[test]
     fn quantile_interpolates_inside_buckets() {
