@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod cluster;
 pub mod config;
 pub mod dataset;
 pub mod detect;

@@ -44,6 +44,8 @@ pub struct Config {
     pub visitors: crate::visitors::VisitorsConfig,
     /// Visits per site and day.
     pub visits: crate::visitors::VisitsConfig,
+    /// Several nodes sharing one gallery and the cameras (PostgreSQL; see `config/examples/cluster.toml`).
+    pub cluster: crate::cluster::ClusterConfig,
     /// Folder that relative paths in the file resolve against (the file's folder; the current
     /// folder for the embedded default).
     #[serde(skip)]
@@ -107,6 +109,12 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { file: path.to_path_buf(), error })?;
         Self::parse(&text, path)
+    }
+
+    /// Where the gallery lives: the cluster's database when `[cluster]` is on (the local store
+    /// path then holds only the index dump), else the SQLite store.
+    pub fn store_spec(&self) -> crate::gallery::store::StoreSpec {
+        crate::gallery::store::StoreSpec { path: self.gallery.store_path(&self.base_dir), database: self.cluster.database.clone() }
     }
 
     /// The embedded default.
@@ -184,6 +192,10 @@ impl Config {
         if let Some(m) = &self.events.mqtt {
             add("events.mqtt", m.problems());
         }
+        if let Some(n) = &self.events.nats {
+            add("events.nats", n.problems());
+        }
+        add("cluster", self.cluster.problems());
         add("http", self.http.problems());
         let p = &self.pipeline;
         for (key, v, max) in [("detect_workers", p.detect_workers, 64), ("embed_workers", p.embed_workers, 64), ("camera_queue", p.camera_queue, 1024), ("embed_queue", p.embed_queue, 65536)] {

@@ -151,6 +151,9 @@ pub struct EventsConfig {
     pub webhook: Option<sinks::WebhookConfig>,
     /// Publish each event to an MQTT broker.
     pub mqtt: Option<sinks::MqttConfig>,
+    /// Publish each event to NATS JetStream (`<prefix>.<camera>.<event>`, de-duplicated by
+    /// message id).
+    pub nats: Option<sinks::NatsConfig>,
     /// Track updates waiting for the sinks (the events application's queue on the decisions
     /// bus); when full, updates are dropped and counted in `facestream_bus_dropped_total`.
     pub queue: usize,
@@ -158,7 +161,7 @@ pub struct EventsConfig {
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        Self { stdout: true, stdout_events: Vec::new(), file: None, file_max_bytes: 0, file_keep: 5, camera_states: true, webhook: None, mqtt: None, queue: 4096 }
+        Self { stdout: true, stdout_events: Vec::new(), file: None, file_max_bytes: 0, file_keep: 5, camera_states: true, webhook: None, mqtt: None, nats: None, queue: 4096 }
     }
 }
 

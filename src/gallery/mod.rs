@@ -8,6 +8,8 @@ pub mod bench;
 pub mod hnsw;
 pub mod index;
 pub mod sketch;
+pub mod postgres;
+pub mod sqlite;
 pub mod store;
 
 use std::collections::HashMap;

@@ -45,7 +45,7 @@ pub fn millis(t: SystemTime) -> i64 {
 impl AuditLog {
     pub fn open(path: &Path) -> Result<Self, AuditError> {
         let open_err = |reason: String| AuditError::Open { path: path.to_path_buf(), reason };
-        let conn = crate::gallery::store::open_sqlite(path).map_err(open_err)?;
+        let conn = crate::gallery::sqlite::open_sqlite(path).map_err(open_err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS gate_log (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -69,6 +69,8 @@ pub enum CameraState {
     Failed,
     Ended,
     Stopped,
+    /// Configured but run by another node of the cluster (this node holds no lease on it).
+    Standby,
 }
 
 impl CameraState {
@@ -80,6 +82,7 @@ impl CameraState {
             CameraState::Failed => "failed",
             CameraState::Ended => "ended",
             CameraState::Stopped => "stopped",
+            CameraState::Standby => "standby",
         }
     }
 }

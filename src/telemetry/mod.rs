@@ -47,6 +47,12 @@ pub const VISITORS_ACTIVE: &str = "facestream_visitors_active";
 pub const LIVE_FRAMES: &str = "facestream_live_frames_total";
 pub const LIVE_JPEGS: &str = "facestream_live_jpegs_total";
 pub const UI_LOGINS: &str = "facestream_ui_logins_total";
+pub const CLUSTER_NODES: &str = "facestream_cluster_nodes";
+pub const CLUSTER_LEASES: &str = "facestream_cluster_leases";
+pub const CLUSTER_DATABASE_UP: &str = "facestream_cluster_database_up";
+pub const CLUSTER_LEASE_CHANGES: &str = "facestream_cluster_lease_changes_total";
+pub const GALLERY_SYNC_CHANGES: &str = "facestream_gallery_sync_changes_total";
+pub const GALLERY_SYNC_SECONDS: &str = "facestream_gallery_sync_seconds";
 
 pub struct Metrics {
     pub registry: Registry,
@@ -90,6 +96,18 @@ pub struct Metrics {
     pub live_frames: IntCounterVec,
     pub live_jpegs: prometheus::IntCounter,
     pub ui_logins: IntCounterVec,
+    pub cluster_nodes: IntGauge,
+    pub cluster_leases: IntGauge,
+    pub cluster_database_up: IntGauge,
+    pub cluster_lease_changes: IntCounterVec,
+    pub gallery_sync_changes: IntCounterVec,
+    pub gallery_sync_seconds: Histogram,
+}
+
+fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -168,7 +186,7 @@ impl Metrics {
             capture_to_detect,
             capture_to_embed,
             batch_size,
-            build_info: gauge(&r, BUILD_INFO, "Build and runtime facts", &["version", "detector", "embedder", "provider", "threshold", "threshold_source"]),
+            build_info: gauge(&r, BUILD_INFO, "Build and runtime facts", &["version", "detector", "embedder", "provider", "threshold", "threshold_source", "node"]),
             queue_dropped: counter(&r, QUEUE_DROPPED, "Items a stage queue dropped by its when-full policy (track, batch, identify, decided feedback)", &["queue"]),
             camera_teardown_stuck: counter(&r, CAMERA_TEARDOWN_STUCK, "Camera pipelines abandoned because their change to NULL did not finish within 5 s", &["camera"]),
             camera_stalls: counter(&r, CAMERA_STALLS, "Live sources reconnected because no frame came for camera.stall_timeout_s", &["camera"]),
@@ -194,6 +212,16 @@ impl Metrics {
                 c
             },
             ui_logins: counter(&r, UI_LOGINS, "Web UI logins by result (ok, refused)", &["result"]),
+            cluster_nodes: int_gauge(&r, CLUSTER_NODES, "Live nodes of the cluster as this node last saw them (0 without [cluster])"),
+            cluster_leases: int_gauge(&r, CLUSTER_LEASES, "Camera leases this node holds (the cameras it runs)"),
+            cluster_database_up: int_gauge(&r, CLUSTER_DATABASE_UP, "1 while the cluster's PostgreSQL answers this node"),
+            cluster_lease_changes: counter(&r, CLUSTER_LEASE_CHANGES, "Cameras this node took (acquired) or gave up (released: moved to another node; lost: taken while this node could not renew)", &["change"]),
+            gallery_sync_changes: counter(&r, GALLERY_SYNC_CHANGES, "Gallery changes from the shared database applied to this node's index (result: applied, failed)", &["result"]),
+            gallery_sync_seconds: {
+                let h = Histogram::with_opts(HistogramOpts::new(GALLERY_SYNC_SECONDS, "From a gallery change's commit on any node to its being searchable on this node").buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])).expect("valid metric");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
             registry: r,
         }
     }

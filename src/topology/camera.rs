@@ -50,7 +50,7 @@ impl FrameSink for CameraQueue {
         let CameraNotice::State { state, .. } = &notice;
         let m = metrics();
         m.camera_up.with_label_values(&[&self.camera]).set((*state == CameraState::Streaming) as i64);
-        for s in [CameraState::Connecting, CameraState::Streaming, CameraState::Backoff, CameraState::Failed, CameraState::Ended, CameraState::Stopped] {
+        for s in [CameraState::Connecting, CameraState::Streaming, CameraState::Backoff, CameraState::Failed, CameraState::Ended, CameraState::Stopped, CameraState::Standby] {
             m.camera_state.with_label_values(&[&self.camera, s.as_str()]).set((s == *state) as i64);
         }
         if *state == CameraState::Backoff {

@@ -162,7 +162,7 @@ fn opt_u64(v: Option<i64>) -> Option<u64> {
 impl VisitorStore {
     pub fn open(path: &Path) -> Result<Self, VisitorStoreError> {
         let open_err = |reason: String| VisitorStoreError::Open { path: path.to_path_buf(), reason };
-        let conn = crate::gallery::store::open_sqlite(path).map_err(open_err)?;
+        let conn = crate::gallery::sqlite::open_sqlite(path).map_err(open_err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS visitors (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,

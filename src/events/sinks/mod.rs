@@ -4,6 +4,7 @@
 //! never slows the pipeline: when the queue is full the event is dropped and counted.
 
 pub mod mqtt;
+pub mod nats;
 pub mod webhook;
 
 use std::path::Path;
@@ -11,6 +12,7 @@ use std::path::Path;
 use crossbeam_channel::Receiver;
 
 pub use mqtt::{MqttConfig, MqttSink};
+pub use nats::{NatsConfig, NatsSink};
 pub use webhook::{WebhookConfig, WebhookSink, signature};
 
 use super::{Event, EventSink, EventsConfig, JsonLines, SendError, SinkError};
@@ -22,7 +24,7 @@ use crate::telemetry::metrics;
 type Builder = fn(&EventsConfig, &Path) -> Result<Option<Box<dyn EventSink>>, SinkError>;
 
 /// Every sink kind, in the order events reach them.
-pub const REGISTRY: &[Builder] = &[stdout, file, webhook_sink, mqtt_sink];
+pub const REGISTRY: &[Builder] = &[stdout, file, webhook_sink, mqtt_sink, nats_sink];
 
 /// The sinks the config asks for.
 /// Checks a list of event kinds (for `events.stdout_events`).
@@ -58,6 +60,11 @@ fn webhook_sink(cfg: &EventsConfig, _: &Path) -> Result<Option<Box<dyn EventSink
 fn mqtt_sink(cfg: &EventsConfig, _: &Path) -> Result<Option<Box<dyn EventSink>>, SinkError> {
     let Some(m) = &cfg.mqtt else { return Ok(None) };
     Ok(Some(Box::new(MqttSink::start(m.clone()).map_err(|error| SinkError::Thread { sink: "mqtt", error })?)))
+}
+
+fn nats_sink(cfg: &EventsConfig, _: &Path) -> Result<Option<Box<dyn EventSink>>, SinkError> {
+    let Some(n) = &cfg.nats else { return Ok(None) };
+    Ok(Some(Box::new(NatsSink::start(n.clone()).map_err(|error| SinkError::Thread { sink: "nats", error })?)))
 }
 
 fn default_timeout() -> u64 {
