@@ -19,9 +19,10 @@ APT_PACKAGES := pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev 
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly \
 	gstreamer1.0-libav libopencv-dev clang libclang-dev fonts-dejavu-core
 
-# Servers the tests start on 127.0.0.1 (a real Prometheus and a real MQTT broker), and the
+# Servers the tests start on 127.0.0.1 (a real Prometheus, a real MQTT broker, PostgreSQL and a
+# NATS server with JetStream for the cluster tests), and the
 # headless browser the web UI's tests drive over WebDriver.
-APT_TEST_PACKAGES := prometheus mosquitto chromium chromium-driver
+APT_TEST_PACKAGES := prometheus mosquitto chromium chromium-driver postgresql nats-server
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FETCH_FLAGS := $(if $(filter 1,$(GPU)),--gpu,)
@@ -70,7 +71,7 @@ test-deps:
 			$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 		fi; \
 	else \
-		for p in prometheus mosquitto chromium chromedriver; do command -v $$p >/dev/null || { echo "error: the tests need $$p on PATH" >&2; exit 1; }; done; \
+		for p in prometheus mosquitto chromium chromedriver nats-server initdb; do command -v $$p >/dev/null || { echo "error: the tests need $$p on PATH" >&2; exit 1; }; done; \
 	fi
 
 test: setup test-deps

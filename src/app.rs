@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::cluster::sync::SyncSetup;
+use crate::cluster::{self, ClusterState, Leases, NodeSetup};
 use crate::config::Config;
 use crate::events::EventSink;
 use crate::gallery::store::{Store, StoreError};
@@ -54,6 +56,9 @@ pub struct AppOptions {
     pub apps: Vec<Subscription>,
     /// Shifts the visitors application's clock (tests replay clips on "the next day").
     pub clock_offset: std::time::Duration,
+    /// In a cluster: the gallery change log's position when the gallery was loaded (the sync
+    /// applies everything after it).
+    pub gallery_seq: i64,
 }
 
 /// The gallery `run` starts with (the store's persons, then the config's people, in memory) and
@@ -62,6 +67,8 @@ pub struct LoadedGallery {
     pub gallery: Gallery,
     pub store: Store,
     pub analyzer: Analyzer,
+    /// The shared database's change log position before the load (0 with SQLite).
+    pub seq: i64,
 }
 
 /// Opens the store, loads it and enrolls the config's people.
@@ -69,13 +76,19 @@ pub fn load_gallery(cfg: &Config) -> Result<LoadedGallery, AppError> {
     let photos = cfg.gallery.photos(&cfg.base_dir)?;
     let mut gallery = cfg.gallery.new_gallery();
     let mut analyzer = Analyzer::new(cfg)?;
-    let store_path = cfg.gallery.store_path(&cfg.base_dir);
-    let store = Store::open(&store_path)?;
+    let spec = cfg.store_spec();
+    // Read the change log's position first: a change made during the load is applied again by
+    // the sync (harmless), never missed.
+    let seq = match &spec.database {
+        Some(db) => crate::cluster::sync::current_seq(db)?,
+        None => 0,
+    };
+    let store = spec.open()?;
     let n = store.load_into(&mut gallery, analyzer.embedder.model_id())?;
-    tracing::info!(store = %store_path.display(), samples = n, persons = gallery.len(), "gallery store loaded");
+    tracing::info!(store = %store.location, samples = n, persons = gallery.len(), "gallery store loaded");
     let n = enroll_photos(&mut analyzer, &photos, &mut gallery)?;
     tracing::info!(persons = gallery.len(), photos = n, "gallery ready");
-    Ok(LoadedGallery { gallery, store, analyzer })
+    Ok(LoadedGallery { gallery, store, analyzer, seq })
 }
 
 /// A running application.
@@ -84,15 +97,19 @@ pub struct App {
     pub server: Option<Server>,
     pub gallery: SharedGallery,
     pub state: AppState,
+    /// This node's view of the cluster (with `[cluster]`).
+    pub cluster: Option<Arc<ClusterState>>,
     housekeeping_stop: Arc<AtomicBool>,
     housekeeping: Option<JoinHandle<()>>,
+    cluster_threads: Vec<JoinHandle<()>>,
 }
 
 impl App {
     /// Starts everything on a gallery from [`load_gallery`] (with the gallery API when HTTP is
     /// on); the config must have been validated for running.
     pub fn start(cfg: &Config, loaded: LoadedGallery, opts: AppOptions) -> Result<App, AppError> {
-        let LoadedGallery { gallery, store, analyzer } = loaded;
+        let LoadedGallery { gallery, store, analyzer, seq } = loaded;
+        let opts = AppOptions { gallery_seq: seq, ..opts };
         Self::start_on(cfg, Arc::new(RwLock::new(gallery)), Some((store, analyzer)), opts)
     }
 
@@ -106,6 +123,7 @@ impl App {
             identify: &cfg.identify,
             base_dir: &cfg.base_dir,
             store_path: cfg.gallery.store_path(&cfg.base_dir),
+            gallery: cfg.store_spec(),
             people_groups: cfg.gallery.people.iter().map(|p| (p.name.clone(), p.groups.clone())).collect(),
             gallery_size: persons,
         };
@@ -129,6 +147,9 @@ impl App {
         }
         let info = http::ui::UiInfo { gates: cfg.gates.iter().map(|g| g.id.clone()).collect(), visitors: cfg.visitors.enabled, snapshots: cfg.snapshots.enabled, ..Default::default() };
         let state = AppState::new(gallery.clone(), cfg.http.sse_buffer).configured(&cfg.http, info);
+        let housekeeping_stop = Arc::new(AtomicBool::new(false));
+        let model_id = api.as_ref().map(|(_, a)| a.embedder.model_id().to_string());
+        let cluster = cluster_start(cfg, &gallery, (opts.gallery_seq, model_id), &housekeeping_stop)?;
         let server = if opts.http && cfg.http.enabled {
             // The API shares the gallery with the cameras: an enrollment is searchable at once.
             let api = api.map(|(store, analyzer)| {
@@ -150,6 +171,10 @@ impl App {
                 (Some(a), Some(v)) => Some(a.merge(v)),
                 (a, v) => a.or(v),
             };
+            let api = match (api, cluster.as_ref().map(|c| cluster_http(c.state.clone()))) {
+                (Some(a), Some(c)) => Some(a.merge(c)),
+                (a, c) => a.or(c),
+            };
             Some(http::serve(&cfg.http, state.clone(), api)?)
         } else {
             None
@@ -157,17 +182,21 @@ impl App {
         let mut sinks: Vec<Box<dyn EventSink>> = vec![Box::new(state.event_sink())];
         sinks.extend(opts.extra_sinks);
         let live = (server.is_some() && cfg.http.ui).then(|| state.live.clone());
-        let running = topology::start_with(cfg, gallery.clone(), sinks, opts.apps, live)?;
+        let leases = cluster.as_ref().map(|c| c.leases.clone());
+        let running = topology::start_with(cfg, gallery.clone(), sinks, opts.apps, live, leases)?;
         if let Ok(mut c) = state.cameras.lock() {
             *c = running.cameras.clone();
         }
         state.models_loaded.store(true, Ordering::SeqCst);
-        let housekeeping_stop = Arc::new(AtomicBool::new(false));
         let housekeeping = {
             let (g, stop) = (gallery.clone(), housekeeping_stop.clone());
             std::thread::Builder::new().name("housekeeping".into()).spawn(move || housekeeping_loop(&g, &stop)).map_err(AppError::Thread)?
         };
-        Ok(App { running, server, gallery, state, housekeeping_stop, housekeeping: Some(housekeeping) })
+        let (cluster, cluster_threads) = match cluster {
+            Some(c) => (Some(c.state.clone()), c.spawn()?),
+            None => (None, Vec::new()),
+        };
+        Ok(App { running, server, gallery, state, cluster, housekeeping_stop, housekeeping: Some(housekeeping), cluster_threads })
     }
 
     /// Runs until every camera has ended, `limit` has passed or `signalled` is set; then drains
@@ -208,10 +237,65 @@ impl App {
         if let Some(h) = self.housekeeping.take() {
             let _ = h.join();
         }
+        for h in self.cluster_threads.drain(..) {
+            let _ = h.join();
+        }
         if let Some(server) = self.server.take() {
             server.shutdown();
         }
     }
+}
+
+/// A node joining its cluster: registered (the database reached, migrations applied) before any
+/// camera starts; the node and sync threads start once the pipeline runs.
+struct ClusterStart {
+    node: NodeSetup,
+    client: postgres::Client,
+    sync: SyncSetup,
+    leases: Arc<Leases>,
+    state: Arc<ClusterState>,
+}
+
+impl ClusterStart {
+    fn spawn(self) -> Result<Vec<JoinHandle<()>>, AppError> {
+        let Self { node, client, sync, .. } = self;
+        let a = std::thread::Builder::new().name("cluster-node".into()).spawn(move || cluster::run_node(node, client)).map_err(AppError::Thread)?;
+        let b = std::thread::Builder::new().name("gallery-sync".into()).spawn(move || cluster::sync::run(sync)).map_err(AppError::Thread)?;
+        Ok(vec![a, b])
+    }
+}
+
+fn cluster_start(cfg: &Config, gallery: &SharedGallery, (seq, model_id): (i64, Option<String>), stop: &Arc<AtomicBool>) -> Result<Option<ClusterStart>, AppError> {
+    let Some(database) = cfg.cluster.database.clone() else { return Ok(None) };
+    let leases = Arc::new(Leases::new(cfg.cameras.iter().filter(|c| c.enabled).map(|c| c.id.as_str())));
+    let state = Arc::new(ClusterState::default());
+    let node = NodeSetup {
+        database: database.clone(),
+        node: cfg.cluster.node_name(),
+        capacity: cfg.cluster.own_capacity(),
+        url: cfg.cluster.url.clone(),
+        lease: Duration::from_secs_f64(cfg.cluster.lease_s),
+        leases: leases.clone(),
+        state: state.clone(),
+        stop: stop.clone(),
+    };
+    let client = cluster::join(&node)?;
+    tracing::info!(node = %node.node, capacity = node.capacity, cameras = leases.cameras.len(), lease_s = cfg.cluster.lease_s, "joined the cluster");
+    // The running embedder's id (with its head): only its samples are searchable here.
+    let model_id = model_id.unwrap_or_else(|| crate::infer::ModelCard::read(&crate::infer::locate_models(&cfg.infer).join(format!("{}.toml", crate::embed::CARD))).map(|c| c.id).unwrap_or_default());
+    let sync = SyncSetup { database, gallery: gallery.clone(), model_id, from_seq: seq, stop: stop.clone() };
+    Ok(Some(ClusterStart { node, client, sync, leases, state }))
+}
+
+/// `GET /api/cluster`: the nodes, their heartbeats and cameras, who runs what.
+fn cluster_http(state: Arc<ClusterState>) -> axum::Router {
+    axum::Router::new().route(
+        "/api/cluster",
+        axum::routing::get(move || {
+            let s = state.clone();
+            async move { axum::Json(s.view()) }
+        }),
+    )
 }
 
 /// The visitors' API routes when snapshots, visitors or visits are on.
@@ -224,7 +308,7 @@ fn visitors_http(cfg: &Config, gallery: &SharedGallery) -> Option<axum::Router> 
     let store = cfg.gallery.store_path(&cfg.base_dir);
     let threshold = OperatingPoint::for_card(&cfg.identify, cfg.embed.threshold, &models, 1).ok()?.threshold;
     Some(http::visitors::router(http::visitors::VisitorsHttp {
-        places: Arc::new(crate::visitors::ops::places(&cfg.snapshots, &cfg.visits, &cfg.base_dir, &store, model_id)),
+        places: Arc::new(crate::visitors::ops::Places { gallery: cfg.store_spec(), ..crate::visitors::ops::places(&cfg.snapshots, &cfg.visits, &cfg.base_dir, &store, model_id) }),
         gallery: gallery.clone(),
         timezone: cfg.visits.timezone.clone(),
         enroll_faces: cfg.visitors.enroll_faces,

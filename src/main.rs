@@ -115,10 +115,11 @@ enum Command {
         duration: f64,
     },
     Bench(cli::bench::BenchArgs),
-    /// Train on your own labelled faces with FaceNet's triplet loss: `--head` learns a small
-    /// projection on the frozen embedder; reports TAR/DIR before and after on identities never
-    /// trained on, writes the head and its model card.
+    /// Train on your own labelled faces with FaceNet's triplet loss (`--head`: a projection on the
+    /// frozen embedder); reports TAR/DIR before and after on unseen identities, writes the head.
     Train(cli::train::TrainArgs),
+    /// Several nodes on one PostgreSQL database: apply the schema, show nodes and leases.
+    Cluster(cli::cluster::ClusterArgs),
     /// Enroll persons into the gallery store: `--name NAME IMAGE...`, `--dir DIR` (one sub-folder per
     /// person) or `--video CLIP --name NAME`; faces that would poison the gallery are refused.
     Enroll(cli::gallery::EnrollArgs),
@@ -282,6 +283,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Soak(a) => cli::bench::cmd_soak(&cfg, a),
         Command::Bench(a) => cli::bench::cmd_bench(&cfg, a),
         Command::Train(a) => cli::train::cmd_train(&cfg, a),
+        Command::Cluster(a) => cli::cluster::cmd_cluster(&cfg, a),
         Command::Run { duration } => {
             let file = cli.global.config.clone().unwrap_or_else(|| PathBuf::from("<embedded config/default.toml>"));
             cli::run::cmd_run(&cfg, &file, duration)

@@ -2,6 +2,7 @@
 //! the command-line layer: it turns library errors into messages (anyhow) and exit codes.
 
 pub mod bench;
+pub mod cluster;
 pub mod eval;
 pub mod gallery;
 pub mod gates;
@@ -49,7 +50,11 @@ pub fn main_face(analyzer: &mut Analyzer, path: &Path) -> Result<(Face, Vec<f32>
     Ok((face, emb))
 }
 
+/// The gallery store: `--store` (a SQLite file), else the config's (the cluster's database with
+/// `[cluster]`).
 pub fn open_store(cfg: &Config, store: Option<PathBuf>) -> Result<Store> {
-    let path = store.unwrap_or_else(|| cfg.gallery.store_path(&cfg.base_dir));
-    Ok(Store::open(&path)?)
+    Ok(match store {
+        Some(path) => Store::open(&path)?,
+        None => cfg.store_spec().open()?,
+    })
 }

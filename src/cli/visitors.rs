@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 use facestream::config::Config;
-use facestream::gallery::store::Store;
+use facestream::gallery::store::StoreSpec;
 use facestream::visitors::store::{VisitorStore, parse_visitor};
 use facestream::visitors::{ops, report};
 
@@ -74,13 +74,15 @@ fn when(ms: i64) -> String {
     facestream::events::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
 }
 
-fn names(path: &std::path::Path) -> Result<BTreeMap<u64, String>> {
-    Ok(Store::open(path)?.persons()?.into_iter().map(|p| (p.id, p.name)).collect())
+fn names(spec: &StoreSpec) -> Result<BTreeMap<u64, String>> {
+    Ok(spec.open()?.persons()?.into_iter().map(|p| (p.id, p.name)).collect())
 }
 
 pub fn cmd_visitors(cfg: &Config, action: VisitorsAction, store: Option<PathBuf>) -> Result<ExitCode> {
+    let spec = if store.is_some() { None } else { Some(cfg.store_spec()) };
     let path = store_path(cfg, store)?;
-    let places = || -> Result<ops::Places> { Ok(ops::places(&cfg.snapshots, &cfg.visits, &cfg.base_dir, &path, model_id(cfg)?)) };
+    let spec = spec.unwrap_or_else(|| StoreSpec::sqlite(path.clone()));
+    let places = || -> Result<ops::Places> { Ok(ops::Places { gallery: spec.clone(), ..ops::places(&cfg.snapshots, &cfg.visits, &cfg.base_dir, &path, model_id(cfg)?) }) };
     let mut out = std::io::stdout().lock();
     match action {
         VisitorsAction::List { all, format } => {
@@ -149,7 +151,9 @@ pub fn cmd_visitors(cfg: &Config, action: VisitorsAction, store: Option<PathBuf>
 }
 
 pub fn cmd_report(cfg: &Config, a: ReportArgs, store: Option<PathBuf>) -> Result<ExitCode> {
+    let spec = if store.is_some() { None } else { Some(cfg.store_spec()) };
     let path = store_path(cfg, store)?;
+    let spec = spec.unwrap_or_else(|| StoreSpec::sqlite(path.clone()));
     if let Some(s) = &a.site
         && !cfg.visits.sites.is_empty()
         && !cfg.visits.sites.iter().any(|x| &x.id == s)
@@ -157,7 +161,7 @@ pub fn cmd_report(cfg: &Config, a: ReportArgs, store: Option<PathBuf>) -> Result
         eprintln!("note: site `{s}` is not in this config (known: {})", cfg.visits.sites.iter().map(|x| x.id.as_str()).collect::<Vec<_>>().join(", "));
     }
     let vs = VisitorStore::open(&path)?;
-    let r = report::day(&vs, &a.day, &cfg.visits.timezone, a.site.as_deref(), &names(&path)?, SystemTime::now())?;
+    let r = report::day(&vs, &a.day, &cfg.visits.timezone, a.site.as_deref(), &names(&spec)?, SystemTime::now())?;
     let mut out = std::io::stdout().lock();
     match a.format.as_str() {
         "json" => writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?,

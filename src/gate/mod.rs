@@ -143,6 +143,8 @@ pub struct GateSetup<'a> {
     pub base_dir: &'a std::path::Path,
     /// The gallery store: persons' groups, and the audit log's table.
     pub store_path: PathBuf,
+    /// Where persons' groups are looked up (the store, or the cluster's database).
+    pub gallery: crate::gallery::store::StoreSpec,
     /// Groups of the config's `[[gallery.people]]`.
     pub people_groups: HashMap<String, Vec<String>>,
     pub gallery_size: usize,
@@ -150,12 +152,12 @@ pub struct GateSetup<'a> {
 
 /// The groups of persons: the config's `[[gallery.people]]` groups, then the store's metadata
 /// (`{"groups": [...]}`), looked up when a gate decides (so an edit applies at once).
-fn group_lookup(from_config: HashMap<String, Vec<String>>, store_path: PathBuf) -> engine::Groups {
+fn group_lookup(from_config: HashMap<String, Vec<String>>, spec: crate::gallery::store::StoreSpec) -> engine::Groups {
     let mut store: Option<crate::gallery::store::Store> = None;
     Box::new(move |_id, name| {
         let mut groups = from_config.get(name).cloned().unwrap_or_default();
         if store.is_none() {
-            store = crate::gallery::store::Store::open(&store_path).ok();
+            store = spec.open().ok();
         }
         if let Some(row) = store.as_ref().and_then(|s| s.person_by_name(name).ok().flatten()) {
             groups.extend(crate::gallery::store::groups_of(&row.metadata));
@@ -184,7 +186,7 @@ impl Gates {
     /// gate's FAR target for a gallery of `gallery_size`, the anti-spoofing model when a gate
     /// wants it, the audit log in the gallery store, the command senders.
     pub fn new(setup: GateSetup) -> Result<Option<Self>, GateError> {
-        let GateSetup { gates, log, infer, identify, base_dir, store_path, people_groups, gallery_size } = setup;
+        let GateSetup { gates, log, infer, identify, base_dir, store_path, gallery, people_groups, gallery_size } = setup;
         if gates.is_empty() {
             return Ok(None);
         }
@@ -204,7 +206,7 @@ impl Gates {
             if let Some(a) = key.map(|k| Actuator::start(g, k)).transpose()?.flatten() {
                 actuators.insert(g.id.clone(), a);
             }
-            engines.push(GateEngine::new(g.clone(), threshold, group_lookup(people_groups.clone(), store_path.clone())));
+            engines.push(GateEngine::new(g.clone(), threshold, group_lookup(people_groups.clone(), gallery.clone())));
         }
         let scorer = if gates.iter().any(|g| g.liveness.as_ref().is_some_and(|l| l.model)) { Some(antispoof::AntiSpoof::new(&rt)?) } else { None };
         let audit = audit::AuditLog::open(&store_path)?;

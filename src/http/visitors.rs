@@ -138,7 +138,7 @@ async fn name(State(s): State<VisitorsHttp>, UrlPath(id): UrlPath<String>, axum:
     blocking(move || match ops::name(&s.places, &id, &body.name, s.enroll_faces, s.min_quality, s.threshold) {
         Ok(n) => {
             // The running cameras name the person at once.
-            if let Ok(store) = crate::gallery::store::Store::open(&s.places.store_path)
+            if let Ok(store) = s.places.gallery.open()
                 && let Ok(samples) = store.samples(Some(n.person_id))
             {
                 let mut g = s.gallery.write().unwrap_or_else(|p| p.into_inner());
@@ -178,7 +178,7 @@ async fn forget(State(s): State<VisitorsHttp>, UrlPath(subject): UrlPath<String>
 
 async fn forget_inner(s: VisitorsHttp, subject: String) -> Response {
     blocking(move || {
-        let person = crate::gallery::store::Store::open(&s.places.store_path).ok().and_then(|st| st.person_by_name(&subject).ok().flatten());
+        let person = s.places.gallery.open().ok().and_then(|st| st.person_by_name(&subject).ok().flatten());
         match ops::forget(&s.places, &subject) {
             Ok(f) => {
                 if let Some(p) = person.filter(|_| f.kind == "person") {
@@ -204,7 +204,7 @@ async fn visits(State(s): State<VisitorsHttp>, Query(q): Query<VisitsQuery>) -> 
             Ok(v) => v,
             Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
         };
-        let names: BTreeMap<u64, String> = crate::gallery::store::Store::open(&s.places.store_path).and_then(|g| g.persons()).map(|p| p.into_iter().map(|x| (x.id, x.name)).collect()).unwrap_or_default();
+        let names: BTreeMap<u64, String> = s.places.gallery.open().and_then(|g| g.persons()).map(|p| p.into_iter().map(|x| (x.id, x.name)).collect()).unwrap_or_default();
         match report::day(&store, q.day.as_deref().unwrap_or("today"), &s.timezone, q.site.as_deref(), &names, std::time::SystemTime::now()) {
             Ok(r) => axum::Json(json!(r)).into_response(),
             Err(e @ (report::ReportError::Day(_) | report::ReportError::Zone(..))) => err(StatusCode::BAD_REQUEST, "bad_request", e),

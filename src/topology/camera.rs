@@ -2,9 +2,13 @@
 //! real time, blocking for files played flat out; an end marker is never dropped), its state
 //! metrics, and its notices to the identify stage.
 
-use std::sync::atomic::AtomicBool;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::cluster::CameraLease;
+use crate::ingest::{CameraConfig, CameraStatus};
 
 use crate::detect::worker::FrameMsg;
 use crate::identify::stage::IdentifyMsg;
@@ -72,5 +76,60 @@ impl FrameSink for CameraQueue {
 
     fn skipped(&self, camera: &str) {
         metrics().frames_dropped.with_label_values(&[camera, "fps_cap"]).inc();
+    }
+}
+
+fn standby(queue: &CameraQueue, status: &Mutex<CameraStatus>) {
+    if let Ok(mut s) = status.lock() {
+        s.state = CameraState::Standby;
+    }
+    queue.notice(CameraNotice::State { camera: queue.camera.clone(), state: CameraState::Standby, error: None });
+}
+
+fn wait_while(cond: impl Fn() -> bool, stop: &AtomicBool) {
+    while cond() && !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A camera in a cluster: standby until this node holds its lease, then the usual camera loop
+/// until the lease goes (the pipeline stops, its tracks end) or everything stops.
+pub fn run_leased(cam: CameraConfig, base: &Path, queue: &Arc<CameraQueue>, status: Arc<Mutex<CameraStatus>>, stop: &Arc<AtomicBool>, seed: u64, lease: Arc<CameraLease>) {
+    standby(queue, &status);
+    loop {
+        wait_while(|| !lease.is_active(), stop);
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        lease.set_running(true);
+        let run_stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (run_stop, done, stop, lease) = (run_stop.clone(), done.clone(), stop.clone(), lease.clone());
+            std::thread::Builder::new().name(format!("lease-{}", cam.id)).spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    if stop.load(Ordering::SeqCst) || !lease.is_active() {
+                        run_stop.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        crate::ingest::run_camera(cam.clone(), base, queue.clone(), status.clone(), run_stop.clone(), seed);
+        done.store(true, Ordering::SeqCst);
+        if let Ok(w) = watcher {
+            let _ = w.join();
+        }
+        lease.set_running(false);
+        queue.discontinuity();
+        if !run_stop.load(Ordering::SeqCst) {
+            // Ended by itself (a file that ended, a camera that failed): down until the lease goes.
+            wait_while(|| lease.is_active(), stop);
+        }
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        standby(queue, &status);
     }
 }

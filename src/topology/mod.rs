@@ -21,6 +21,7 @@ use crossbeam_channel::Receiver;
 
 pub use crate::events::{ChannelSink, EventSink};
 
+use crate::cluster::Leases;
 use crate::config::Config;
 use crate::detect::Mtcnn;
 use crate::detect::worker::{CameraInput, Detection, detect_worker};
@@ -120,12 +121,13 @@ fn spawn(threads: &mut Vec<(String, JoinHandle<()>)>, name: String, f: impl FnOn
 /// Starts every stage for the enabled cameras of `cfg`, the configured event sinks plus
 /// `extra_sinks` as the events application. Models are loaded (and fail) before any camera starts.
 pub fn start(cfg: &Config, gallery: SharedGallery, extra_sinks: Vec<Box<dyn EventSink>>) -> Result<Running, TopologyError> {
-    start_with(cfg, gallery, extra_sinks, Vec::new(), None)
+    start_with(cfg, gallery, extra_sinks, Vec::new(), None, None)
 }
 
-/// [`start`] with further applications subscribed to the decisions bus, and the web UI's live
-/// view tap.
-pub fn start_with(cfg: &Config, gallery: SharedGallery, extra_sinks: Vec<Box<dyn EventSink>>, apps: Vec<Subscription>, live: Option<Arc<crate::live::LiveHub>>) -> Result<Running, TopologyError> {
+/// [`start`] with further applications subscribed to the decisions bus, the web UI's live
+/// view tap, and in a cluster the camera leases (a camera runs only while this node holds its
+/// lease; standby otherwise).
+pub fn start_with(cfg: &Config, gallery: SharedGallery, extra_sinks: Vec<Box<dyn EventSink>>, apps: Vec<Subscription>, live: Option<Arc<crate::live::LiveHub>>, leases: Option<Arc<Leases>>) -> Result<Running, TopologyError> {
     let cams: Vec<_> = cfg.cameras.iter().filter(|c| c.enabled).cloned().collect();
     if cams.is_empty() {
         return Err(TopologyError::NoCamera);
@@ -141,7 +143,7 @@ pub fn start_with(cfg: &Config, gallery: SharedGallery, extra_sinks: Vec<Box<dyn
     let point = OperatingPoint::for_embedder(&cfg.identify, cfg.embed.threshold, &embedders[0], persons);
     let threshold = format!("{:.4}", point.threshold);
     let source = format!("{:?}", point.source).to_lowercase();
-    m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), "mtcnn", embedders[0].model_id(), rt.provider.as_str(), &threshold, &source]).set(1);
+    m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), "mtcnn", embedders[0].model_id(), rt.provider.as_str(), &threshold, &source, &cfg.cluster.node_name()]).set(1);
     tracing::info!(threshold = point.threshold, margin = point.margin, source = ?point.source, expected_far = ?point.expected_far, calibrated_gallery = ?point.calibrated_gallery, persons, "open-set operating point");
     let mut sinks = extra_sinks;
     sinks.extend(crate::events::sinks::from_config(&cfg.events, &cfg.base_dir)?);
@@ -177,7 +179,7 @@ pub fn start_with(cfg: &Config, gallery: SharedGallery, extra_sinks: Vec<Box<dyn
     }
     drop(app_events_tx);
 
-    let (inputs, statuses) = start_cameras(cfg, &cams, &stop, &id_tx, &observed_set, &mut threads)?;
+    let (inputs, statuses) = start_cameras(cfg, &cams, (&stop, leases.as_deref()), &id_tx, &observed_set, &mut threads)?;
     let min_faces: Arc<HashMap<Arc<str>, f32>> = Arc::new(cams.iter().map(|c| (Arc::from(c.id.as_str()), c.min_face.unwrap_or(cfg.detect.min_face))).collect());
     let inputs = Arc::new(inputs);
     for (w, mut det) in detectors.into_iter().enumerate() {
@@ -214,7 +216,7 @@ pub fn start_with(cfg: &Config, gallery: SharedGallery, extra_sinks: Vec<Box<dyn
 type CameraParts = (Vec<CameraInput>, Vec<Arc<Mutex<CameraStatus>>>);
 
 /// One thread and one queue per camera.
-fn start_cameras(cfg: &Config, cams: &[ingest::CameraConfig], stop: &Arc<AtomicBool>, notices: &Tx<IdentifyMsg>, priority: &HashSet<Arc<str>>, threads: &mut Vec<(String, JoinHandle<()>)>) -> Result<CameraParts, TopologyError> {
+fn start_cameras(cfg: &Config, cams: &[ingest::CameraConfig], (stop, leases): (&Arc<AtomicBool>, Option<&Leases>), notices: &Tx<IdentifyMsg>, priority: &HashSet<Arc<str>>, threads: &mut Vec<(String, JoinHandle<()>)>) -> Result<CameraParts, TopologyError> {
     let mut inputs = Vec::new();
     let mut statuses = Vec::new();
     for (i, cam) in cams.iter().enumerate() {
@@ -227,8 +229,12 @@ fn start_cameras(cfg: &Config, cams: &[ingest::CameraConfig], stop: &Arc<AtomicB
         let queue = Arc::new(queue);
         let (cam, base, stop) = (cam.clone(), cfg.base_dir.clone(), stop.clone());
         let seed = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
+        let lease = leases.and_then(|l| l.get(&cam.id));
         spawn(threads, format!("camera-{}", cam.id), move || {
-            ingest::run_camera(cam, &base, queue.clone(), status, stop, seed);
+            match lease {
+                None => ingest::run_camera(cam, &base, queue.clone(), status, stop, seed),
+                Some(lease) => camera::run_leased(cam, &base, &queue, status, &stop, seed, lease),
+            }
             queue.end();
         })?;
     }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::cluster::{Clusterer, Exemplar, Plan};
 use super::store::{Subject, VisitorStore, VisitorStoreError, parse_visitor, visitor_name};
-use crate::gallery::store::{Store, StoreError, is_unit_embedding};
+use crate::gallery::store::{StoreError, is_unit_embedding};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -25,7 +25,10 @@ pub type SitesOf = Box<dyn Fn(&str) -> Vec<String> + Send + Sync>;
 
 /// Where the operations act.
 pub struct Places {
+    /// The visitors' tables (and the gate log): always the node's SQLite file.
     pub store_path: PathBuf,
+    /// The gallery: the same file, or the cluster's database.
+    pub gallery: crate::gallery::store::StoreSpec,
     /// The snapshot folder (files are deleted with their rows).
     pub snapshot_dir: PathBuf,
     pub model_id: String,
@@ -57,7 +60,7 @@ pub fn name(p: &Places, visitor: &str, name: &str, max_faces: usize, min_quality
     if v.state == "named" {
         return Err(VisitorStoreError::Refused(format!("{} was already named (person {})", v.name, v.person_id.unwrap_or(0))).into());
     }
-    let mut gallery = Store::open(&p.store_path)?;
+    let mut gallery = p.gallery.open()?;
     let others: Vec<(u64, String, Vec<f32>)> = {
         let persons = gallery.persons()?;
         gallery.samples(None)?.into_iter().filter_map(|s| persons.iter().find(|x| x.id == s.person_id).filter(|x| x.name != name).map(|x| (x.id, x.name.clone(), s.embedding))).collect()
@@ -136,7 +139,7 @@ pub fn reject(p: &Places, track_id: &str, params: super::cluster::ClusterParams,
     let Some(pid) = sighting.person_id else {
         return Err(VisitorStoreError::Refused(format!("track {track_id} was not named (it is {})", sighting.visitor_id.map(visitor_name).unwrap_or_else(|| "unknown".into()))).into());
     };
-    let mut gallery = Store::open(&p.store_path)?;
+    let mut gallery = p.gallery.open()?;
     let person = gallery.person(pid)?.map(|x| x.name).or(sighting.person_name.clone()).unwrap_or_else(|| format!("person-{pid}"));
     let samples_removed = gallery.remove_samples_from(&format!(":{}", sighting.id))?;
     let sites = (p.sites_of)(&sighting.camera);
@@ -177,7 +180,7 @@ pub struct Forgotten {
 /// snapshots (rows and files), sightings, visits, feedback and gate log references.
 pub fn forget(p: &Places, subject: &str) -> Result<Forgotten, OpsError> {
     let mut vs = VisitorStore::open(&p.store_path)?;
-    let mut gallery = Store::open(&p.store_path)?;
+    let mut gallery = p.gallery.open()?;
     let audit = crate::gate::audit::AuditLog::open(&p.store_path)?;
     if let Some(id) = parse_visitor(subject).filter(|_| subject.starts_with("visitor-"))
         && let Some(v) = vs.visitor(id)?
@@ -214,6 +217,7 @@ pub fn places(snapshots: &super::SnapshotsConfig, visits: &super::VisitsConfig, 
     let visits = visits.clone();
     Places {
         store_path: store_path.to_path_buf(),
+        gallery: crate::gallery::store::StoreSpec::sqlite(store_path.to_path_buf()),
         snapshot_dir: snapshots.dir_for(base_dir, store_path),
         model_id,
         visits_gap_ms: (visits.gap_s * 1000.0) as i64,

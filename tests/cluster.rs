@@ -1,0 +1,299 @@
+//! Scale-out on real engines: a real PostgreSQL (initdb into a temp dir, on 127.0.0.1), a real
+//! nats-server with JetStream, and two `facestream run` processes sharing one gallery and four
+//! looping file cameras. Checks, in order: the cameras are split and each runs on exactly one
+//! node; migrations applied again are a no-op; a person enrolled through node A's API is in node
+//! B's index and identified on B's camera; `kill -9` of A moves its cameras to B within
+//! `lease_s` + 5 s; PostgreSQL restarted under the running node: it keeps processing, counts
+//! what it could not write, and catches up the gallery change made meanwhile; the JetStream
+//! stream holds no event twice.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Proc, free_port};
+
+const LEASE_S: f64 = 3.0;
+const CAMERAS: [&str; 4] = ["cam-a", "cam-b", "cam-c", "cam-d"];
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(10))).build().into()
+}
+
+fn get_json(url: &str) -> Option<serde_json::Value> {
+    let mut r = agent().get(url).call().ok()?;
+    if r.status() != 200 {
+        return None;
+    }
+    serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()
+}
+
+fn metric(base: &str, name: &str) -> Option<f64> {
+    let text = agent().get(&format!("{base}/metrics")).call().ok()?.body_mut().read_to_string().ok()?;
+    text.lines().filter(|l| l.starts_with(name) && (l.len() == name.len() || l[name.len()..].starts_with([' ', '{']))).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).reduce(|a, b| a + b)
+}
+
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// PostgreSQL's server programs (Debian keeps them off PATH).
+fn pg_bin(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql").map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect()).unwrap_or_default();
+    dirs.sort();
+    dirs.into_iter().rev().map(|d| d.join(name)).find(|p| p.is_file()).unwrap_or_else(|| panic!("PostgreSQL's {name} is not installed: run `make setup` (Debian package postgresql)"))
+}
+
+/// PostgreSQL refuses to run as root: as root the server runs as `nobody`.
+fn as_server_user(cmd: &mut Command) -> &mut Command {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.uid(65534).gid(65534);
+    }
+    cmd
+}
+
+struct Postgres {
+    dir: PathBuf,
+    port: u16,
+    proc: Option<Proc>,
+}
+
+impl Postgres {
+    fn init(root: &Path) -> Self {
+        let dir = root.join("pg");
+        std::fs::create_dir_all(&dir).unwrap();
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(root, Some(65534), Some(65534)).unwrap();
+            std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        }
+        let out = as_server_user(Command::new(pg_bin("initdb")).args(["-D", dir.join("data").to_str().unwrap(), "-U", "facestream", "--auth=trust", "-E", "UTF8", "--no-sync"])).output().unwrap();
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let mut pg = Self { dir, port: free_port(), proc: None };
+        pg.start();
+        let mut c = wait_for("PostgreSQL to accept connections", Duration::from_secs(30), || postgres::Client::connect(&pg.url("postgres"), postgres::NoTls).ok());
+        c.batch_execute("CREATE DATABASE facestream").unwrap();
+        pg
+    }
+
+    fn url(&self, db: &str) -> String {
+        format!("postgresql://facestream@127.0.0.1:{}/{db}", self.port)
+    }
+
+    fn start(&mut self) {
+        let data = self.dir.join("data");
+        let child = as_server_user(Command::new(pg_bin("postgres")).args(["-D", data.to_str().unwrap(), "-p", &self.port.to_string(), "-k", data.to_str().unwrap(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.proc = Some(Proc(child));
+        wait_for("PostgreSQL to start", Duration::from_secs(30), || postgres::Client::connect(&self.url("postgres"), postgres::NoTls).ok());
+    }
+
+    /// A fast shutdown (SIGINT), waited for.
+    fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            unsafe { libc::kill(p.0.id() as i32, libc::SIGINT) };
+            let _ = p.0.wait();
+        }
+    }
+}
+
+fn node_config(dir: &Path, name: &str, port: u16, pg: &Postgres, nats_port: u16) -> PathBuf {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut cfg = format!(
+        "[pipeline]\ndetect_workers = 1\nembed_workers = 1\n[infer]\nintra_threads = 1\n\
+         [http]\nbind = \"127.0.0.1:{port}\"\n\
+         [gallery]\nstore = \"{store}\"\n\
+         [events]\nstdout = false\nfile = \"{events}\"\n\
+         [events.nats]\nurl = \"nats://127.0.0.1:{nats_port}\"\n\
+         [cluster]\ndatabase = \"{db}\"\nnode = \"{name}\"\nlease_s = {LEASE_S}\nurl = \"http://127.0.0.1:{port}\"\n",
+        store = dir.join(format!("{name}.db")).display(),
+        events = dir.join(format!("{name}.jsonl")).display(),
+        db = pg.url("facestream"),
+    );
+    for cam in CAMERAS {
+        cfg += &format!("[[cameras]]\nid = \"{cam}\"\nurl = \"{}\"\nrealtime = true\nloop = true\nmax_fps = 2\n", fixtures.join("ff-region-face-motion.avi").display());
+    }
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+fn start_node(config: &Path, log: &Path) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_facestream"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+/// camera -> state, from a node's /api/cameras.
+fn camera_states(base: &str) -> Option<Vec<(String, String)>> {
+    let v = get_json(&format!("{base}/api/cameras"))?;
+    let list = v.get("cameras").and_then(|c| c.as_array()).cloned().or_else(|| v.as_array().cloned())?;
+    Some(list.iter().map(|c| (c["id"].as_str().unwrap_or("").to_string(), c["state"].as_str().unwrap_or("").to_string())).collect())
+}
+
+fn streaming(base: &str) -> Vec<String> {
+    camera_states(base).unwrap_or_default().into_iter().filter(|(_, s)| s == "streaming").map(|(c, _)| c).collect()
+}
+
+fn events(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+fn enroll(base: &str, name: &str, photo: &str) -> Result<(), String> {
+    let mut r = agent().post(&format!("{base}/api/persons")).send(format!("{{\"name\":\"{name}\"}}").as_bytes()).map_err(|e| e.to_string())?;
+    let body = r.body_mut().read_to_string().unwrap_or_default();
+    if r.status() != 201 {
+        return Err(format!("{}: {body}", r.status()));
+    }
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["person"]["id"].as_u64().unwrap();
+    let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(photo)).unwrap();
+    let mut r = agent().post(&format!("{base}/api/persons/{id}/faces")).send(&bytes[..]).map_err(|e| e.to_string())?;
+    if r.status() != 201 {
+        return Err(format!("{}: {}", r.status(), r.body_mut().read_to_string().unwrap_or_default()));
+    }
+    Ok(())
+}
+
+/// Every message of the JetStream stream, as (subject, message id, payload).
+fn stream_messages(nats_port: u16) -> Vec<(String, String, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(format!("127.0.0.1:{nats_port}")).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream("FACESTREAM").await.expect("the sink created the stream");
+        let info = stream.info().await.unwrap().clone();
+        let mut out = Vec::new();
+        for seq in info.state.first_sequence..=info.state.last_sequence {
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                let id = m.headers.get("Nats-Msg-Id").map(|v| v.to_string()).unwrap_or_default();
+                out.push((m.subject.to_string(), id, String::from_utf8_lossy(&m.payload).to_string()));
+            }
+        }
+        out
+    })
+}
+
+#[test]
+fn two_nodes_share_cameras_gallery_and_events_and_survive_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut pg = Postgres::init(root);
+    let nats_port = free_port();
+    let _nats = Proc(Command::new(common::find_program("nats-server")).args(["-js", "-sd", root.join("nats").to_str().unwrap(), "-a", "127.0.0.1", "-p", &nats_port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let (pa, pb) = (free_port(), free_port());
+    let (a, b) = (format!("http://127.0.0.1:{pa}"), format!("http://127.0.0.1:{pb}"));
+    let mut node_a = start_node(&node_config(root, "node-a", pa, &pg, nats_port), &root.join("a.log"));
+    let _node_b = start_node(&node_config(root, "node-b", pb, &pg, nats_port), &root.join("b.log"));
+    let log = |n: &str| std::fs::read_to_string(root.join(n)).unwrap_or_default();
+
+    // (a) The four cameras are split between the nodes, each streaming on exactly one.
+    let split = wait_for("the four cameras to stream, split between the nodes", Duration::from_secs(120), || {
+        let (sa, sb) = (streaming(&a), streaming(&b));
+        let mut all: Vec<&String> = sa.iter().chain(&sb).collect();
+        all.sort();
+        all.dedup();
+        (all.len() == 4 && sa.len() + sb.len() == 4).then_some((sa, sb))
+    });
+    assert!(!split.0.is_empty() && !split.1.is_empty(), "both nodes run cameras: {split:?}\nA: {}\nB: {}", log("a.log"), log("b.log"));
+    // The leases name the node that runs each camera (the view is a round old at most).
+    let holder_of = |cam: &str| if split.0.iter().any(|c| c == cam) { "node-a" } else { "node-b" };
+    let view = wait_for("/api/cluster to show both nodes alive and each camera's lease held by the node that runs it", Duration::from_secs(10), || {
+        let v = get_json(&format!("{a}/api/cluster"))?;
+        let alive = v["nodes"].as_array()?.iter().filter(|n| n["alive"] == true).count();
+        (alive == 2 && CAMERAS.iter().all(|c| v["cameras"][*c].as_str() == Some(holder_of(c)))).then_some(v)
+    });
+    assert_eq!(view["node"], "node-a");
+    // A camera in standby on one node receives no frames there.
+    let standby_on_b = &split.0[0];
+    let frames = |base: &str, cam: &str| metric(base, &format!("facestream_frames_received_total{{camera=\"{cam}\"}}")).unwrap_or(0.0);
+    assert_eq!(frames(&b, standby_on_b), 0.0, "{standby_on_b} runs on node A only");
+
+    // (e) Both nodes applied the migrations at start; applying them again changes nothing.
+    let migrate = |url: &str| Command::new(env!("CARGO_BIN_EXE_facestream")).args(["cluster", "migrate", "--database", url]).output().unwrap();
+    let out = migrate(&pg.url("facestream"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("nothing to apply"), "{text}");
+    let mut sql = postgres::Client::connect(&pg.url("facestream"), postgres::NoTls).unwrap();
+    let versions: Vec<i32> = sql.query("SELECT version FROM facestream_migrations ORDER BY version", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(versions, [1, 2], "each migration recorded once");
+
+    // (c) A person enrolled through A's API is searchable on B and identified on B's camera.
+    let before = metric(&b, "facestream_gallery_persons").unwrap_or(0.0);
+    let t0 = Instant::now();
+    enroll(&a, "MEDS_S029", "meds-aa-S029-01.jpg").unwrap();
+    let enrolled = Instant::now();
+    wait_for("node B's index to hold the person enrolled on A", Duration::from_secs(10), || (metric(&b, "facestream_gallery_persons").unwrap_or(0.0) > before).then_some(()));
+    eprintln!("gallery change A -> B: searchable on B {:.0} ms after A's enrollment answered ({:.0} ms after the request)", enrolled.elapsed().as_secs_f64() * 1000.0, t0.elapsed().as_secs_f64() * 1000.0);
+    let on_b = wait_for("node B to identify MEDS_S029 on one of its cameras", Duration::from_secs(90), || {
+        events(&root.join("node-b.jsonl")).into_iter().find(|e| e["event"] == "identified" && e["person"] == "MEDS_S029" && split.1.iter().any(|c| e["camera"] == c.as_str()))
+    });
+    eprintln!("identified on node B: {on_b}");
+
+    // (b) kill -9 of node A: its cameras run on B within lease + 5 s.
+    unsafe { libc::kill(node_a.0.id() as i32, libc::SIGKILL) };
+    let _ = node_a.0.wait();
+    let killed = Instant::now();
+    wait_for("node B to run all four cameras after node A died", Duration::from_secs_f64(LEASE_S + 5.0), || (streaming(&b).len() == 4).then_some(()));
+    eprintln!("failover: all cameras on B {:.1} s after kill -9 of A (lease_s {LEASE_S})", killed.elapsed().as_secs_f64());
+
+    // (d) PostgreSQL restarted under the running node.
+    drop(sql);
+    let processed = |base: &str| metric(base, "facestream_frames_processed_total").unwrap_or(0.0);
+    pg.stop();
+    wait_for("node B to notice the database is gone", Duration::from_secs(20), || (metric(&b, "facestream_cluster_database_up") == Some(0.0)).then_some(()));
+    let during = processed(&b);
+    let refused = enroll(&b, "Chris", "Chris.jpeg");
+    assert!(refused.is_err(), "an enrollment without the database is refused, not lost silently");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(processed(&b) > during, "node B keeps processing while the database is down");
+    assert_eq!(streaming(&b).len(), 4, "and keeps its cameras");
+    pg.start();
+    // A change made while B's sync connection is still down is caught up from the change log.
+    let mut sql = postgres::Client::connect(&pg.url("facestream"), postgres::NoTls).unwrap();
+    let persons_before = metric(&b, "facestream_gallery_persons").unwrap_or(0.0);
+    sql.batch_execute("DELETE FROM persons WHERE name = 'MEDS_S029'").unwrap();
+    wait_for("node B to catch up the removal made right after the restart", Duration::from_secs(20), || (metric(&b, "facestream_gallery_persons").unwrap_or(1.0) < persons_before).then_some(()));
+    wait_for("node B to renew its leases after the restart", Duration::from_secs(20), || (metric(&b, "facestream_cluster_database_up") == Some(1.0)).then_some(()));
+    enroll(&b, "Chris", "Chris.jpeg").expect("enrollment works again after the restart");
+    assert_eq!(streaming(&b).len(), 4, "no camera was lost over the restart");
+
+    // No event is twice in the JetStream stream, and events came from both nodes' cameras.
+    std::thread::sleep(Duration::from_secs(2));
+    let msgs = stream_messages(nats_port);
+    assert!(msgs.len() > 10, "events reached JetStream: {}", msgs.len());
+    let mut ids: Vec<&str> = msgs.iter().map(|m| m.1.as_str()).collect();
+    assert!(ids.iter().all(|i| i.len() == 32), "every message has its id");
+    ids.sort();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "no message id twice in the stream");
+    let mut payloads: Vec<&str> = msgs.iter().map(|m| m.2.as_str()).collect();
+    payloads.sort();
+    payloads.dedup();
+    assert_eq!(payloads.len(), n, "no event twice in the stream");
+    for (subject, _, payload) in &msgs {
+        let e: serde_json::Value = serde_json::from_str(payload).unwrap();
+        assert_eq!(subject, &format!("facestream.{}.{}", e["camera"].as_str().unwrap(), e["event"].as_str().unwrap()));
+    }
+    assert!(msgs.iter().any(|m| m.2.contains("\"identified\"") && m.2.contains("MEDS_S029")), "B's identification is in the stream");
+}
