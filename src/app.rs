@@ -122,7 +122,6 @@ impl App {
             infer: &cfg.infer,
             identify: &cfg.identify,
             base_dir: &cfg.base_dir,
-            store_path: cfg.gallery.store_path(&cfg.base_dir),
             gallery: cfg.store_spec(),
             people_groups: cfg.gallery.people.iter().map(|p| (p.name.clone(), p.groups.clone())).collect(),
             gallery_size: persons,

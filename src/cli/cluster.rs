@@ -23,6 +23,19 @@ pub enum ClusterAction {
         #[arg(long)]
         database: Option<String>,
     },
+    /// Measure the shared gallery: enrollments per second into the database, and how long each
+    /// takes to become searchable in a second node's index (a gallery-sync follower on its own
+    /// connection, in this process so both ends read one clock). Bench persons are removed after.
+    Bench {
+        #[arg(long)]
+        database: Option<String>,
+        /// Enrollments to make.
+        #[arg(long, default_value_t = 500)]
+        enrollments: usize,
+        /// Also write the figures as JSON to this file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     /// The nodes (heartbeat age, capacity) and which node holds each camera's lease.
     Status {
         #[arg(long)]
@@ -52,6 +65,7 @@ pub fn cmd_cluster(cfg: &Config, a: ClusterArgs) -> Result<ExitCode> {
                 println!("{}: applied migration(s) {:?}; schema now version {}", redact(&url), applied, MIGRATIONS.len());
             }
         }
+        ClusterAction::Bench { database: d, enrollments, json } => return bench(&database(cfg, d)?, enrollments, json.as_deref()),
         ClusterAction::Status { database: d, json } => {
             let url = database(cfg, d)?;
             let mut c = open_client(&url)?;
@@ -76,4 +90,94 @@ pub fn cmd_cluster(cfg: &Config, a: ClusterArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn bench(url: &str, n: usize, json: Option<&std::path::Path>) -> Result<ExitCode> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, RwLock};
+    use std::time::{Duration, Instant};
+
+    if n == 0 {
+        bail!("--enrollments must be at least 1");
+    }
+    const MODEL: &str = "bench-model";
+    let run = std::process::id();
+    let follower = Arc::new(RwLock::new(facestream::gallery::Gallery::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let from_seq = facestream::cluster::sync::current_seq(url)?;
+    let sync = {
+        let s = facestream::cluster::sync::SyncSetup { database: url.to_string(), gallery: follower.clone(), model_id: MODEL.into(), from_seq, stop: stop.clone() };
+        std::thread::spawn(move || facestream::cluster::sync::run(s))
+    };
+    let mut writer = facestream::gallery::store::Store::connect(url, std::path::Path::new("bench"))?;
+    std::thread::sleep(Duration::from_millis(300));
+    // The follower's side: when each person became searchable.
+    let seen: Arc<std::sync::Mutex<std::collections::HashMap<u64, Instant>>> = Default::default();
+    let watcher = {
+        let (g, seen, stop) = (follower.clone(), seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(g) = g.read() {
+                    let now = Instant::now();
+                    let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
+                    for p in g.persons() {
+                        s.entry(p.id).or_insert(now);
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        })
+    };
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ run as u64;
+    let mut unit = || {
+        let v: Vec<f32> = (0..facestream::embed::DIM)
+            .map(|_| {
+                rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = rng;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                ((z >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32
+            })
+            .collect();
+        facestream::embed::normalized(&v)
+    };
+    let started = Instant::now();
+    let mut committed = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = writer.add_sample(&format!("bench-{run}-{i}"), &unit(), MODEL, 0.9, "bench")?;
+        committed.push((id, Instant::now()));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.lock().map(|s| committed.iter().any(|(id, _)| !s.contains_key(id))).unwrap_or(false) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let _ = watcher.join();
+    let _ = sync.join();
+    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let mut delays: Vec<f64> = committed.iter().filter_map(|(id, at)| seen.get(id).map(|s| s.saturating_duration_since(*at).as_secs_f64() * 1000.0)).collect();
+    delays.sort_by(f64::total_cmp);
+    let missing = n - delays.len();
+    let mut c = open_client(url)?;
+    let removed = c.execute("DELETE FROM persons WHERE name LIKE $1", &[&format!("bench-{run}-%")])?;
+    let report = serde_json::json!({
+        "enrollments": n,
+        "enrollments_per_s": n as f64 / elapsed,
+        "propagation_ms": {"p50": percentile(&delays, 0.5), "p90": percentile(&delays, 0.9), "p99": percentile(&delays, 0.99), "max": delays.last().copied().unwrap_or(f64::NAN)},
+        "not_propagated_in_30s": missing,
+        "removed_after": removed,
+    });
+    println!("{n} enrollments in {elapsed:.2} s: {:.0} per second", n as f64 / elapsed);
+    println!("searchable on the follower after (ms): p50 {:.1}, p90 {:.1}, p99 {:.1}, max {:.1}; {missing} not within 30 s", percentile(&delays, 0.5), percentile(&delays, 0.9), percentile(&delays, 0.99), delays.last().copied().unwrap_or(f64::NAN));
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if missing == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

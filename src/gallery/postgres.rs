@@ -85,6 +85,24 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
             expires TIMESTAMPTZ NOT NULL
         );",
     ),
+    (
+        3,
+        "gate_log",
+        "CREATE TABLE gate_log (
+            id BIGSERIAL PRIMARY KEY,
+            gate TEXT NOT NULL,
+            camera TEXT NOT NULL,
+            at_ms BIGINT NOT NULL,
+            outcome TEXT NOT NULL,
+            reason TEXT,
+            person TEXT,
+            track_id TEXT NOT NULL,
+            latency_s DOUBLE PRECISION NOT NULL,
+            evidence TEXT NOT NULL,
+            crop BYTEA
+        );
+        CREATE INDEX gate_log_gate_at ON gate_log(gate, at_ms);",
+    ),
 ];
 
 /// The connection string without its password, for logs and messages.
@@ -132,6 +150,10 @@ pub fn open_client(url: &str) -> Result<Client, StoreError> {
     cfg.connect_timeout(Duration::from_secs(5)).keepalives(true).keepalives_idle(Duration::from_secs(10));
     if cfg.get_application_name().is_none() {
         cfg.application_name("facestream");
+    }
+    if cfg.get_options().is_none() {
+        // "relation already exists, skipping" and the like are not news.
+        cfg.options("-c client_min_messages=warning");
     }
     blocking(|| cfg.connect(NoTls)).map_err(|e| StoreError::Postgres(format!("cannot connect to {}: {e}", redact(url))))
 }

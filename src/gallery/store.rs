@@ -168,19 +168,25 @@ pub struct Store {
     pub path: PathBuf,
     /// Where it is, for messages ("postgresql" or the file).
     pub location: String,
+    database: Option<String>,
 }
 
 impl Store {
     /// The SQLite store at `path` (created when missing).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = super::sqlite::Sqlite::open(path)?;
-        Ok(Self { db: Box::new(db), path: path.to_path_buf(), location: path.display().to_string() })
+        Ok(Self { db: Box::new(db), path: path.to_path_buf(), location: path.display().to_string(), database: None })
     }
 
     /// The PostgreSQL store at `url` (a libpq connection string or URL), migrations applied.
     pub fn connect(url: &str, local: &Path) -> Result<Self, StoreError> {
         let db = super::postgres::PgStore::connect(url)?;
-        Ok(Self { db: Box::new(db), path: local.to_path_buf(), location: format!("postgresql ({})", super::postgres::redact(url)) })
+        Ok(Self { db: Box::new(db), path: local.to_path_buf(), location: format!("postgresql ({})", super::postgres::redact(url)), database: Some(url.to_string()) })
+    }
+
+    /// Where this store is (to open the tables beside it, such as the gates' audit log).
+    pub fn spec(&self) -> StoreSpec {
+        StoreSpec { path: self.path.clone(), database: self.database.clone() }
     }
 
     /// Adds one face sample to an existing person, in one transaction; `NoPerson` when the person

@@ -15,7 +15,6 @@ pub mod signing;
 pub mod zone;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -141,9 +140,8 @@ pub struct GateSetup<'a> {
     pub identify: &'a crate::identify::IdentifyConfig,
     /// Folder relative paths (secret files) resolve against.
     pub base_dir: &'a std::path::Path,
-    /// The gallery store: persons' groups, and the audit log's table.
-    pub store_path: PathBuf,
-    /// Where persons' groups are looked up (the store, or the cluster's database).
+    /// The gallery (the SQLite store or the cluster's database): persons' groups are looked up
+    /// there, and the audit log is a table beside it.
     pub gallery: crate::gallery::store::StoreSpec,
     /// Groups of the config's `[[gallery.people]]`.
     pub people_groups: HashMap<String, Vec<String>>,
@@ -186,7 +184,7 @@ impl Gates {
     /// gate's FAR target for a gallery of `gallery_size`, the anti-spoofing model when a gate
     /// wants it, the audit log in the gallery store, the command senders.
     pub fn new(setup: GateSetup) -> Result<Option<Self>, GateError> {
-        let GateSetup { gates, log, infer, identify, base_dir, store_path, gallery, people_groups, gallery_size } = setup;
+        let GateSetup { gates, log, infer, identify, base_dir, gallery, people_groups, gallery_size } = setup;
         if gates.is_empty() {
             return Ok(None);
         }
@@ -209,7 +207,7 @@ impl Gates {
             engines.push(GateEngine::new(g.clone(), threshold, group_lookup(people_groups.clone(), gallery.clone())));
         }
         let scorer = if gates.iter().any(|g| g.liveness.as_ref().is_some_and(|l| l.model)) { Some(antispoof::AntiSpoof::new(&rt)?) } else { None };
-        let audit = audit::AuditLog::open(&store_path)?;
+        let audit = audit::AuditLog::open_spec(&gallery)?;
         let keep = Duration::from_secs_f64(log.keep_days * 86_400.0);
         match audit.purge(keep, SystemTime::now()) {
             Ok(n) if n > 0 => tracing::info!(removed = n, "gate audit log: old decisions purged"),
@@ -291,7 +289,7 @@ impl Gates {
         let log_id = self.audit.as_ref().and_then(|a| {
             let jpeg = if self.log_cfg.crops { d.crop.as_deref().and_then(crop_jpeg) } else { None };
             match a.append(&d.gate, &d.camera, d.at, d.outcome.as_str(), reason, person.as_deref(), &track_id, d.latency_s, &evidence, jpeg.as_deref()) {
-                Ok(id) => Some(id),
+                Ok(id) => id,
                 Err(e) => {
                     tracing::error!(gate = %d.gate, error = %e, "gate audit log write failed");
                     None

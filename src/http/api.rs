@@ -249,8 +249,8 @@ struct LogQuery {
 }
 
 fn audit_log(state: &ApiState) -> Result<crate::gate::audit::AuditLog, ApiError> {
-    let path = store(state).path.clone();
-    crate::gate::audit::AuditLog::open(&path).map_err(ApiError::internal)
+    let spec = store(state).spec();
+    crate::gate::audit::AuditLog::open_spec(&spec).map_err(ApiError::internal)
 }
 
 async fn gate_log(State(state): State<ApiState>, UrlPath(gate): UrlPath<String>, axum::extract::Query(q): axum::extract::Query<LogQuery>) -> ApiResult {

@@ -47,6 +47,8 @@ pub const VISITORS_ACTIVE: &str = "facestream_visitors_active";
 pub const LIVE_FRAMES: &str = "facestream_live_frames_total";
 pub const LIVE_JPEGS: &str = "facestream_live_jpegs_total";
 pub const UI_LOGINS: &str = "facestream_ui_logins_total";
+pub const GATE_LOG_PENDING: &str = "facestream_gate_log_pending";
+pub const GATE_LOG_DROPPED: &str = "facestream_gate_log_dropped_total";
 pub const CLUSTER_NODES: &str = "facestream_cluster_nodes";
 pub const CLUSTER_LEASES: &str = "facestream_cluster_leases";
 pub const CLUSTER_DATABASE_UP: &str = "facestream_cluster_database_up";
@@ -96,6 +98,8 @@ pub struct Metrics {
     pub live_frames: IntCounterVec,
     pub live_jpegs: prometheus::IntCounter,
     pub ui_logins: IntCounterVec,
+    pub gate_log_pending: IntGauge,
+    pub gate_log_dropped: prometheus::IntCounter,
     pub cluster_nodes: IntGauge,
     pub cluster_leases: IntGauge,
     pub cluster_database_up: IntGauge,
@@ -212,6 +216,12 @@ impl Metrics {
                 c
             },
             ui_logins: counter(&r, UI_LOGINS, "Web UI logins by result (ok, refused)", &["result"]),
+            gate_log_pending: int_gauge(&r, GATE_LOG_PENDING, "Gate decisions kept in memory because the shared database was unreachable (written when it is back)"),
+            gate_log_dropped: {
+                let c = prometheus::IntCounter::new(GATE_LOG_DROPPED, "Gate decisions lost because more than 10000 waited for the shared database").expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             cluster_nodes: int_gauge(&r, CLUSTER_NODES, "Live nodes of the cluster as this node last saw them (0 without [cluster])"),
             cluster_leases: int_gauge(&r, CLUSTER_LEASES, "Camera leases this node holds (the cameras it runs)"),
             cluster_database_up: int_gauge(&r, CLUSTER_DATABASE_UP, "1 while the cluster's PostgreSQL answers this node"),

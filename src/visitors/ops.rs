@@ -181,7 +181,7 @@ pub struct Forgotten {
 pub fn forget(p: &Places, subject: &str) -> Result<Forgotten, OpsError> {
     let mut vs = VisitorStore::open(&p.store_path)?;
     let mut gallery = p.gallery.open()?;
-    let audit = crate::gate::audit::AuditLog::open(&p.store_path)?;
+    let audit = crate::gate::audit::AuditLog::open_spec(&p.gallery)?;
     if let Some(id) = parse_visitor(subject).filter(|_| subject.starts_with("visitor-"))
         && let Some(v) = vs.visitor(id)?
     {
