@@ -248,6 +248,10 @@ fn two_nodes_share_cameras_gallery_and_events_and_survive_failures() {
         events(&root.join("node-b.jsonl")).into_iter().find(|e| e["event"] == "identified" && e["person"] == "MEDS_S029" && split.1.iter().any(|c| e["camera"] == c.as_str()))
     });
     eprintln!("identified on node B: {on_b}");
+    // Each node's /metrics names the node, and the dashboard's per-node row reads what they expose.
+    let exposition = agent().get(&format!("{b}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
+    assert!(exposition.lines().any(|l| l.starts_with("facestream_build_info{") && l.contains("node=\"node-b\"")), "build info names the node");
+    assert!(common::dashboard_panels_exposed("Cluster:", &exposition) >= 6, "the Grafana board has its cluster row");
 
     // (b) kill -9 of node A: its cameras run on B within lease + 5 s.
     unsafe { libc::kill(node_a.0.id() as i32, libc::SIGKILL) };
@@ -408,4 +412,16 @@ fn both_gallery_engines_agree_and_the_shared_one_syncs_logs_and_buffers() {
     store.add_sample("frank", &unit(11), "m1", 0.9, "f").expect("the store reconnects by itself");
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     sync.join().unwrap();
+}
+
+#[test]
+fn the_cluster_example_config_is_valid_and_bad_cluster_keys_are_named() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/cluster.toml");
+    let cfg = facestream::config::Config::load(&example).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.cluster.enabled() && cfg.events.nats.is_some());
+    let bad = "[cluster]\ndatabase = \"postgresql://x@127.0.0.1/db\"\nlease_s = 0.1\nnode = \"no spaces\"\n[events.nats]\nurl = \"http://x\"\n";
+    let err = facestream::config::Config::parse(bad, Path::new("bad.toml")).unwrap_err().to_string();
+    for key in ["cluster.lease_s", "cluster.node", "events.nats.url"] {
+        assert!(err.contains(key), "{key} named in: {err}");
+    }
 }

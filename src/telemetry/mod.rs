@@ -108,6 +108,18 @@ pub struct Metrics {
     pub gallery_sync_seconds: Histogram,
 }
 
+fn int_counter(r: &Registry, name: &str, help: &str) -> prometheus::IntCounter {
+    let c = prometheus::IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
 fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
     r.register(Box::new(g.clone())).expect("unique metric");
@@ -204,34 +216,18 @@ impl Metrics {
             visitors_new: counter(&r, VISITORS_NEW, "New visitors (unknown faces not seen before), by the camera that first saw them", &["camera"]),
             visits_started: counter(&r, VISITS_STARTED, "Visits started (a person or visitor arriving at a site after a gap longer than visits.gap_s), by camera", &["camera"]),
             snapshots: counter(&r, SNAPSHOTS, "Best shots written (result: written, failed)", &["camera", "result"]),
-            visitors_active: {
-                let g = IntGauge::new(VISITORS_ACTIVE, "Visitor clusters with faces (active and ignored)").expect("valid metric");
-                r.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
+            visitors_active: int_gauge(&r, VISITORS_ACTIVE, "Visitor clusters with faces (active and ignored)"),
             live_frames: counter(&r, LIVE_FRAMES, "Frames kept for the web UI's live view (only while somebody watches; at most http.live_fps per camera)", &["camera"]),
-            live_jpegs: {
-                let c = prometheus::IntCounter::new(LIVE_JPEGS, "Live-view JPEGs encoded (once per kept frame that somebody asked for)").expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            live_jpegs: int_counter(&r, LIVE_JPEGS, "Live-view JPEGs encoded (once per kept frame that somebody asked for)"),
             ui_logins: counter(&r, UI_LOGINS, "Web UI logins by result (ok, refused)", &["result"]),
             gate_log_pending: int_gauge(&r, GATE_LOG_PENDING, "Gate decisions kept in memory because the shared database was unreachable (written when it is back)"),
-            gate_log_dropped: {
-                let c = prometheus::IntCounter::new(GATE_LOG_DROPPED, "Gate decisions lost because more than 10000 waited for the shared database").expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            gate_log_dropped: int_counter(&r, GATE_LOG_DROPPED, "Gate decisions lost because more than 10000 waited for the shared database"),
             cluster_nodes: int_gauge(&r, CLUSTER_NODES, "Live nodes of the cluster as this node last saw them (0 without [cluster])"),
             cluster_leases: int_gauge(&r, CLUSTER_LEASES, "Camera leases this node holds (the cameras it runs)"),
             cluster_database_up: int_gauge(&r, CLUSTER_DATABASE_UP, "1 while the cluster's PostgreSQL answers this node"),
             cluster_lease_changes: counter(&r, CLUSTER_LEASE_CHANGES, "Cameras this node took (acquired) or gave up (released: moved to another node; lost: taken while this node could not renew)", &["change"]),
             gallery_sync_changes: counter(&r, GALLERY_SYNC_CHANGES, "Gallery changes from the shared database applied to this node's index (result: applied, failed)", &["result"]),
-            gallery_sync_seconds: {
-                let h = Histogram::with_opts(HistogramOpts::new(GALLERY_SYNC_SECONDS, "From a gallery change's commit on any node to its being searchable on this node").buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])).expect("valid metric");
-                r.register(Box::new(h.clone())).expect("unique metric");
-                h
-            },
+            gallery_sync_seconds: histogram(&r, GALLERY_SYNC_SECONDS, "From a gallery change's commit on any node to its being searchable on this node", vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             registry: r,
         }
     }
