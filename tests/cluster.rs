@@ -248,6 +248,7 @@ fn two_nodes_share_cameras_gallery_and_events_and_survive_failures() {
         events(&root.join("node-b.jsonl")).into_iter().find(|e| e["event"] == "identified" && e["person"] == "MEDS_S029" && split.1.iter().any(|c| e["camera"] == c.as_str()))
     });
     eprintln!("identified on node B: {on_b}");
+    assert_eq!(on_b["node"], "node-b");
     // Each node's /metrics names the node, and the dashboard's per-node row reads what they expose.
     let exposition = agent().get(&format!("{b}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
     assert!(exposition.lines().any(|l| l.starts_with("facestream_build_info{") && l.contains("node=\"node-b\"")), "build info names the node");
@@ -298,6 +299,7 @@ fn two_nodes_share_cameras_gallery_and_events_and_survive_failures() {
     for (subject, _, payload) in &msgs {
         let e: serde_json::Value = serde_json::from_str(payload).unwrap();
         assert_eq!(subject, &format!("facestream.{}.{}", e["camera"].as_str().unwrap(), e["event"].as_str().unwrap()));
+        assert!(e["node"] == "node-a" || e["node"] == "node-b", "every event names its node: {payload}");
     }
     assert!(msgs.iter().any(|m| m.2.contains("\"identified\"") && m.2.contains("MEDS_S029")), "B's identification is in the stream");
 }

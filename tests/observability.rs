@@ -342,10 +342,11 @@ fn sse_clients_see_events_live_and_the_dashboard_queries_existing_metrics() {
     assert!(panels.len() >= 8);
     let mut checked = 0;
     for p in panels {
-        // Rows hold no query; the gate and visitor panels' metrics exist once a gate or the
-        // visitors run (tests/gates.rs and tests/visitors.rs check them).
+        // Rows hold no query; the gate, visitor and cluster panels' metrics exist once a gate,
+        // the visitors or a cluster run (tests/gates.rs, tests/visitors.rs and tests/cluster.rs
+        // check them).
         let title = p["title"].as_str().unwrap_or("");
-        if p["type"] == "row" || title.starts_with("Gate") || title.starts_with("Visitor") {
+        if p["type"] == "row" || title.starts_with("Gate") || title.starts_with("Visitor") || title.starts_with("Cluster") {
             continue;
         }
         for t in p["targets"].as_array().unwrap() {

@@ -130,21 +130,35 @@ fn score(node: &str, camera: &str) -> u64 {
     h ^ (h >> 31)
 }
 
-/// Who should run each camera: rendezvous hashing over `nodes` (name, capacity; 0 = no limit),
+/// A live node as the plan sees it: name, capacity (0 = no limit), the cameras its config has.
+pub struct Candidate {
+    pub node: String,
+    pub capacity: usize,
+    pub cameras: std::collections::BTreeSet<String>,
+}
+
+/// [`plan_for`] with every node able to run every camera.
+pub fn plan(cameras: &[String], nodes: &[(String, usize)]) -> BTreeMap<String, Option<String>> {
+    let all: std::collections::BTreeSet<String> = cameras.iter().cloned().collect();
+    plan_for(cameras, &nodes.iter().map(|(n, c)| Candidate { node: n.clone(), capacity: *c, cameras: all.clone() }).collect::<Vec<_>>())
+}
+
+/// Who should run each camera: rendezvous hashing over the nodes whose config has the camera,
 /// cameras taken in name order, each to its highest-scoring node with room. Cameras no node has
 /// room for map to None.
-pub fn plan(cameras: &[String], nodes: &[(String, usize)]) -> BTreeMap<String, Option<String>> {
+pub fn plan_for(cameras: &[String], nodes: &[Candidate]) -> BTreeMap<String, Option<String>> {
     let mut load: HashMap<&str, usize> = HashMap::new();
     let mut cams: Vec<&String> = cameras.iter().collect();
     cams.sort();
     let mut out = BTreeMap::new();
     for cam in cams {
-        let mut ranked: Vec<&(String, usize)> = nodes.iter().collect();
-        ranked.sort_by(|a, b| score(&b.0, cam).cmp(&score(&a.0, cam)).then(a.0.cmp(&b.0)));
-        let owner = ranked.into_iter().find(|(n, cap)| *cap == 0 || load.get(n.as_str()).copied().unwrap_or(0) < *cap).map(|(n, _)| n.clone());
-        if let Some(o) = &owner {
-            *load.entry(nodes.iter().find(|(n, _)| n == o).map(|(n, _)| n.as_str()).unwrap_or("")).or_default() += 1;
+        let mut ranked: Vec<&Candidate> = nodes.iter().filter(|n| n.cameras.contains(cam)).collect();
+        ranked.sort_by(|a, b| score(&b.node, cam).cmp(&score(&a.node, cam)).then(a.node.cmp(&b.node)));
+        let owner = ranked.into_iter().find(|n| n.capacity == 0 || load.get(n.node.as_str()).copied().unwrap_or(0) < n.capacity).map(|n| n.node.as_str());
+        if let Some(o) = owner {
+            *load.entry(o).or_default() += 1;
         }
+        let owner = owner.map(str::to_string);
         out.insert(cam.clone(), owner);
     }
     out
@@ -174,9 +188,9 @@ pub fn join(setup: &NodeSetup) -> Result<Client, StoreError> {
 fn heartbeat(c: &mut Client, s: &NodeSetup) -> Result<(), postgres::Error> {
     blocking(|| {
         c.execute(
-            "INSERT INTO cluster_nodes (node, capacity, url, started, heartbeat) VALUES ($1, $2, $3, now(), now())
-             ON CONFLICT (node) DO UPDATE SET capacity = EXCLUDED.capacity, url = EXCLUDED.url, heartbeat = now()",
-            &[&s.node, &(s.capacity as i32), &s.url],
+            "INSERT INTO cluster_nodes (node, capacity, url, cameras, started, heartbeat) VALUES ($1, $2, $3, $4, now(), now())
+             ON CONFLICT (node) DO UPDATE SET capacity = EXCLUDED.capacity, url = EXCLUDED.url, cameras = EXCLUDED.cameras, heartbeat = now()",
+            &[&s.node, &(s.capacity as i32), &s.url, &serde_json::to_string(&s.leases.cameras.keys().collect::<Vec<_>>()).unwrap_or_default()],
         )
         .map(|_| ())
     })
@@ -187,11 +201,15 @@ fn heartbeat(c: &mut Client, s: &NodeSetup) -> Result<(), postgres::Error> {
 fn round(c: &mut Client, s: &NodeSetup, grace: bool) -> Result<(), postgres::Error> {
     heartbeat(c, s)?;
     let lease_s = s.lease.as_secs_f64();
-    let nodes = c.query("SELECT node, capacity, url, EXTRACT(EPOCH FROM now() - heartbeat)::float8 FROM cluster_nodes ORDER BY node", &[])?;
-    let nodes: Vec<(String, usize, String, f64)> = nodes.iter().map(|r| (r.get(0), r.get::<_, i32>(1).max(0) as usize, r.get(2), r.get(3))).collect();
-    let live: Vec<(String, usize)> = nodes.iter().filter(|n| n.3 < lease_s).map(|n| (n.0.clone(), n.1)).collect();
+    let rows = c.query("SELECT node, capacity, url, EXTRACT(EPOCH FROM now() - heartbeat)::float8, cameras FROM cluster_nodes ORDER BY node", &[])?;
+    let nodes: Vec<(String, usize, String, f64)> = rows.iter().map(|r| (r.get(0), r.get::<_, i32>(1).max(0) as usize, r.get(2), r.get(3))).collect();
+    let live: Vec<Candidate> = rows
+        .iter()
+        .filter(|r| r.get::<_, f64>(3) < lease_s)
+        .map(|r| Candidate { node: r.get(0), capacity: r.get::<_, i32>(1).max(0) as usize, cameras: serde_json::from_str(r.get::<_, &str>(4)).unwrap_or_default() })
+        .collect();
     let cameras: Vec<String> = s.leases.cameras.keys().cloned().collect();
-    let want = plan(&cameras, &live);
+    let want = plan_for(&cameras, &live);
     let mut mine = 0;
     for (cam, lease) in &s.leases.cameras {
         let ours = want.get(cam).and_then(|o| o.as_deref()) == Some(s.node.as_str());
@@ -363,5 +381,18 @@ mod tests {
         assert_eq!(capped.values().filter(|o| o.as_deref() == Some("b")).count(), 10);
         assert_eq!(capped.values().filter(|o| o.is_none()).count(), 45, "no room: unassigned, never over capacity");
         assert!(plan(&cams, &[]).values().all(Option::is_none));
+    }
+
+    #[test]
+    fn a_camera_goes_only_to_nodes_whose_config_has_it() {
+        let cams: Vec<String> = vec!["usb-desk".into(), "shared".into()];
+        let nodes = [
+            Candidate { node: "a".into(), capacity: 0, cameras: ["shared".to_string()].into() },
+            Candidate { node: "b".into(), capacity: 0, cameras: ["shared".to_string(), "usb-desk".to_string()].into() },
+        ];
+        let p = plan_for(&cams, &nodes);
+        assert_eq!(p["usb-desk"].as_deref(), Some("b"));
+        assert!(p["shared"].is_some());
+        assert_eq!(plan_for(&cams, &nodes[..1])["usb-desk"], None, "nobody else may run it");
     }
 }

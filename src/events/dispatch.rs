@@ -63,9 +63,19 @@ pub fn to_event(update: &TrackUpdate, camera_states: bool, snapshots: bool) -> O
 /// Delivers every update, and every event the applications raise (gate decisions, ...), to
 /// every sink until the bus and every application have closed.
 /// `snapshots`: best shots are kept (events name them).
-pub fn run(rx: Receiver<TrackUpdate>, app_events: Receiver<Event>, mut sinks: Vec<Box<dyn EventSink>>, camera_states: bool, snapshots: bool) {
+/// Runs until the bus and the applications' queue close; `node`: stamped on every event (in a
+/// cluster).
+pub fn run(rx: Receiver<TrackUpdate>, app_events: Receiver<Event>, mut sinks: Vec<Box<dyn EventSink>>, (camera_states, snapshots): (bool, bool), node: Option<String>) {
     let m = metrics();
     let mut deliver = |event: &Event| {
+        let stamped;
+        let event = match &node {
+            Some(n) if event.node.is_none() => {
+                stamped = Event { node: Some(n.clone()), ..event.clone() };
+                &stamped
+            }
+            _ => event,
+        };
         for s in sinks.iter_mut() {
             match s.send(event) {
                 Ok(()) => m.events_sent.with_label_values(&[s.name()]).inc(),

@@ -102,13 +102,16 @@ pub struct Event {
     pub schema_version: u32,
     pub time: String,
     pub camera: String,
+    /// The node that made the event (only in a cluster: track ids are per node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     #[serde(flatten)]
     pub body: EventBody,
 }
 
 impl Event {
     pub fn new(camera: &str, at: SystemTime, body: EventBody) -> Self {
-        Self { schema_version: SCHEMA_VERSION, time: rfc3339(at), camera: camera.to_string(), body }
+        Self { schema_version: SCHEMA_VERSION, time: rfc3339(at), camera: camera.to_string(), node: None, body }
     }
 
     pub fn kind(&self) -> &'static str {

@@ -75,6 +75,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
             node TEXT PRIMARY KEY,
             capacity INTEGER NOT NULL,
             url TEXT NOT NULL DEFAULT '',
+            cameras TEXT NOT NULL DEFAULT '[]',
             started TIMESTAMPTZ NOT NULL DEFAULT now(),
             heartbeat TIMESTAMPTZ NOT NULL DEFAULT now()
         );

@@ -55,9 +55,15 @@ struct Pending {
 /// Decisions kept in memory while the shared database is down (oldest dropped beyond, counted).
 const PENDING_MAX: usize = 10_000;
 
+struct PgLog {
+    url: String,
+    client: Mutex<Option<postgres::Client>>,
+    pending: Mutex<VecDeque<Pending>>,
+}
+
 enum Db {
     Sqlite(Connection),
-    Postgres { url: String, client: Mutex<Option<postgres::Client>>, pending: Mutex<VecDeque<Pending>> },
+    Postgres(Box<PgLog>),
 }
 
 pub struct AuditLog {
@@ -74,8 +80,11 @@ fn pg(e: impl std::fmt::Display) -> AuditError {
 
 const COLUMNS: &str = "id, gate, camera, at_ms, outcome, reason, person, track_id, latency_s, evidence, crop IS NOT NULL";
 
-fn entry(id: i64, gate: String, camera: String, at_ms: i64, text: [Option<String>; 3], track_id: String, latency_s: f64, evidence: String, has_crop: bool) -> LogEntry {
-    let [outcome, reason, person] = text;
+/// A row as read: (id, gate, camera, at_ms), [outcome, reason, person], (track_id, latency_s,
+/// evidence, has_crop).
+type Row = ((i64, String, String, i64), [Option<String>; 3], (String, f64, String, bool));
+
+fn entry(((id, gate, camera, at_ms), [outcome, reason, person], (track_id, latency_s, evidence, has_crop)): Row) -> LogEntry {
     LogEntry {
         id,
         gate,
@@ -122,7 +131,7 @@ impl AuditLog {
         let Some(url) = &spec.database else { return Self::open(&spec.path) };
         let mut c = crate::gallery::postgres::open_client(url).map_err(pg)?;
         crate::gallery::postgres::migrate(&mut c).map_err(pg)?;
-        Ok(Self { db: Db::Postgres { url: url.clone(), client: Mutex::new(Some(c)), pending: Mutex::new(VecDeque::new()) } })
+        Ok(Self { db: Db::Postgres(Box::new(PgLog { url: url.clone(), client: Mutex::new(Some(c)), pending: Mutex::new(VecDeque::new()) })) })
     }
 
     /// Runs `f` on the shared database's connection (reopened when it broke).
@@ -158,7 +167,8 @@ impl AuditLog {
                 )?;
                 Ok(Some(conn.last_insert_rowid()))
             }
-            Db::Postgres { url, client, pending } => {
+            Db::Postgres(pg) => {
+                let (url, client, pending) = (&pg.url, &pg.client, &pg.pending);
                 let row = Pending {
                     gate: gate.into(),
                     camera: camera.into(),
@@ -203,7 +213,7 @@ impl AuditLog {
         let cutoff = millis(now) - keep.as_millis() as i64;
         match &self.db {
             Db::Sqlite(conn) => Ok(conn.execute("DELETE FROM gate_log WHERE at_ms < ?1", params![cutoff])?),
-            Db::Postgres { url, client, .. } => Self::pg_with(url, client, |c| c.execute("DELETE FROM gate_log WHERE at_ms < $1", &[&cutoff]).map(|n| n as usize)),
+            Db::Postgres(pg) => Self::pg_with(&pg.url, &pg.client, |c| c.execute("DELETE FROM gate_log WHERE at_ms < $1", &[&cutoff]).map(|n| n as usize)),
         }
     }
 
@@ -214,13 +224,13 @@ impl AuditLog {
             Db::Sqlite(conn) => {
                 let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM gate_log WHERE (?1 IS NULL OR gate = ?1) AND at_ms >= ?2 ORDER BY at_ms DESC, id DESC LIMIT ?3"))?;
                 let rows = stmt.query_map(params![gate, since, limit as i64], |r| {
-                    Ok(entry(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, [r.get(4)?, r.get(5)?, r.get(6)?], r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?))
+                    Ok(entry(((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?), [r.get(4)?, r.get(5)?, r.get(6)?], (r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?))))
                 })?;
                 Ok(rows.collect::<Result<_, _>>()?)
             }
-            Db::Postgres { url, client, .. } => Self::pg_with(url, client, |c| {
+            Db::Postgres(pg) => Self::pg_with(&pg.url, &pg.client, |c| {
                 let rows = c.query(&format!("SELECT {COLUMNS} FROM gate_log WHERE ($1::text IS NULL OR gate = $1) AND at_ms >= $2 ORDER BY at_ms DESC, id DESC LIMIT $3"), &[&gate, &since, &(limit as i64)])?;
-                Ok(rows.iter().map(|r| entry(r.get(0), r.get(1), r.get(2), r.get(3), [r.get(4), r.get(5), r.get(6)], r.get(7), r.get(8), r.get(9), r.get(10))).collect())
+                Ok(rows.iter().map(|r| entry(((r.get(0), r.get(1), r.get(2), r.get(3)), [r.get(4), r.get(5), r.get(6)], (r.get(7), r.get(8), r.get(9), r.get(10))))).collect())
             }),
         }
     }
@@ -236,7 +246,7 @@ impl AuditLog {
                     None => None,
                 })
             }
-            Db::Postgres { url, client, .. } => Self::pg_with(url, client, |c| Ok(c.query_opt("SELECT crop FROM gate_log WHERE id = $1 AND gate = $2", &[&id, &gate])?.and_then(|r| r.get(0)))),
+            Db::Postgres(pg) => Self::pg_with(&pg.url, &pg.client, |c| Ok(c.query_opt("SELECT crop FROM gate_log WHERE id = $1 AND gate = $2", &[&id, &gate])?.and_then(|r| r.get(0)))),
         }
     }
 
@@ -244,7 +254,7 @@ impl AuditLog {
     pub fn forget_person(&self, name: &str) -> Result<usize, AuditError> {
         match &self.db {
             Db::Sqlite(conn) => Ok(conn.execute("DELETE FROM gate_log WHERE person = ?1", params![name])?),
-            Db::Postgres { url, client, .. } => Self::pg_with(url, client, |c| c.execute("DELETE FROM gate_log WHERE person = $1", &[&name]).map(|n| n as usize)),
+            Db::Postgres(pg) => Self::pg_with(&pg.url, &pg.client, |c| c.execute("DELETE FROM gate_log WHERE person = $1", &[&name]).map(|n| n as usize)),
         }
     }
 }

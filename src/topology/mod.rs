@@ -164,7 +164,8 @@ pub fn start_with(cfg: &Config, gallery: SharedGallery, extra_sinks: Vec<Box<dyn
     let events_rx = bus.subscribe("events", cfg.events.queue, m.bus_dropped.with_label_values(&["events"]));
     let (app_events_tx, app_events_rx) = bounded::<crate::events::Event>(1024, WhenFull::DropNewest, q("app_events"));
     let (camera_states, snapshots) = (cfg.events.camera_states, cfg.snapshots.enabled);
-    spawn(&mut threads, "events".into(), move || crate::events::dispatch::run(events_rx, app_events_rx, sinks, camera_states, snapshots))?;
+    let node = cfg.cluster.enabled().then(|| cfg.cluster.node_name());
+    spawn(&mut threads, "events".into(), move || crate::events::dispatch::run(events_rx, app_events_rx, sinks, (camera_states, snapshots), node))?;
     let mut observed: HashMap<Arc<str>, ObservePolicy> = HashMap::new();
     for (camera, policy) in apps.iter().flat_map(|a| a.observe.iter()) {
         // Two applications watching one camera: the more demanding policy serves both.
