@@ -189,13 +189,14 @@ pub fn migrate(client: &mut Client) -> Result<Vec<i32>, StoreError> {
 pub struct PgStore {
     url: String,
     client: Mutex<Client>,
+    last_used: Mutex<std::time::Instant>,
 }
 
 impl PgStore {
     pub fn connect(url: &str) -> Result<Self, StoreError> {
         let mut client = open_client(url)?;
         migrate(&mut client)?;
-        Ok(Self { url: url.to_string(), client: Mutex::new(client) })
+        Ok(Self { url: url.to_string(), client: Mutex::new(client), last_used: Mutex::new(std::time::Instant::now()) })
     }
 
     /// Runs `f` on the connection, opening a new one first when the old one broke (the server
@@ -203,11 +204,18 @@ impl PgStore {
     fn with<R>(&self, f: impl FnOnce(&mut Client) -> Result<R, postgres::Error>) -> Result<R, StoreError> {
         let mut guard = self.client.lock().unwrap_or_else(|p| p.into_inner());
         blocking(|| {
-            if guard.is_closed() {
+            // A connection idle for a while may have lost its server (restarted) without having
+            // noticed: check before writing rather than retry a write that may have committed.
+            let idle = self.last_used.lock().map(|t| t.elapsed() > Duration::from_secs(1)).unwrap_or(true);
+            if guard.is_closed() || (idle && guard.is_valid(Duration::from_secs(2)).is_err()) {
                 *guard = open_client(&self.url)?;
                 tracing::info!(database = %redact(&self.url), "gallery database reconnected");
             }
-            f(&mut guard).map_err(pg_err)
+            let r = f(&mut guard).map_err(pg_err);
+            if let Ok(mut t) = self.last_used.lock() {
+                *t = std::time::Instant::now();
+            }
+            r
         })
     }
 }

@@ -138,7 +138,9 @@ impl AuditLog {
     fn pg_with<R>(url: &str, client: &Mutex<Option<postgres::Client>>, f: impl FnOnce(&mut postgres::Client) -> Result<R, postgres::Error>) -> Result<R, AuditError> {
         let mut g = client.lock().unwrap_or_else(|p| p.into_inner());
         crate::gallery::postgres::blocking(|| {
-            if g.as_ref().is_none_or(|c| c.is_closed()) {
+            // Decisions are few: a liveness check first costs little and never repeats a write
+            // that may have committed on a connection that died under it.
+            if g.as_mut().is_none_or(|c| c.is_closed() || c.is_valid(Duration::from_secs(2)).is_err()) {
                 *g = Some(crate::gallery::postgres::open_client(url).map_err(pg)?);
             }
             let c = g.as_mut().expect("connected above");
