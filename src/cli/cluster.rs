@@ -32,6 +32,9 @@ pub enum ClusterAction {
         /// Enrollments to make.
         #[arg(long, default_value_t = 500)]
         enrollments: usize,
+        /// Enrollments per second (0: as fast as the database takes them).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
         /// Also write the figures as JSON to this file.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
@@ -65,7 +68,7 @@ pub fn cmd_cluster(cfg: &Config, a: ClusterArgs) -> Result<ExitCode> {
                 println!("{}: applied migration(s) {:?}; schema now version {}", redact(&url), applied, MIGRATIONS.len());
             }
         }
-        ClusterAction::Bench { database: d, enrollments, json } => return bench(&database(cfg, d)?, enrollments, json.as_deref()),
+        ClusterAction::Bench { database: d, enrollments, rate, json } => return bench(&database(cfg, d)?, enrollments, rate, json.as_deref()),
         ClusterAction::Status { database: d, json } => {
             let url = database(cfg, d)?;
             let mut c = open_client(&url)?;
@@ -99,7 +102,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn bench(url: &str, n: usize, json: Option<&std::path::Path>) -> Result<ExitCode> {
+fn bench(url: &str, n: usize, rate: f64, json: Option<&std::path::Path>) -> Result<ExitCode> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, RwLock};
     use std::time::{Duration, Instant};
@@ -118,18 +121,24 @@ fn bench(url: &str, n: usize, json: Option<&std::path::Path>) -> Result<ExitCode
     };
     let mut writer = facestream::gallery::store::Store::connect(url, std::path::Path::new("bench"))?;
     std::thread::sleep(Duration::from_millis(300));
-    // The follower's side: when each person became searchable.
-    let seen: Arc<std::sync::Mutex<std::collections::HashMap<u64, Instant>>> = Default::default();
+    // The follower's side: when each person became searchable (looked up by name, only the ones
+    // not seen yet, so the watching costs little next to what it measures).
+    let seen: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Default::default();
     let watcher = {
         let (g, seen, stop) = (follower.clone(), seen.clone(), stop.clone());
+        let mut unseen: Vec<String> = (0..n).map(|i| format!("bench-{run}-{i}")).collect();
         std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
+            while !stop.load(Ordering::SeqCst) && !unseen.is_empty() {
                 if let Ok(g) = g.read() {
                     let now = Instant::now();
                     let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
-                    for p in g.persons() {
-                        s.entry(p.id).or_insert(now);
-                    }
+                    unseen.retain(|name| match g.person_id(name) {
+                        Some(_) => {
+                            s.insert(name.clone(), now);
+                            false
+                        }
+                        None => true,
+                    });
                 }
                 std::thread::sleep(Duration::from_micros(500));
             }
@@ -150,25 +159,31 @@ fn bench(url: &str, n: usize, json: Option<&std::path::Path>) -> Result<ExitCode
     let started = Instant::now();
     let mut committed = Vec::with_capacity(n);
     for i in 0..n {
-        let id = writer.add_sample(&format!("bench-{run}-{i}"), &unit(), MODEL, 0.9, "bench")?;
-        committed.push((id, Instant::now()));
+        if rate > 0.0 {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        let name = format!("bench-{run}-{i}");
+        writer.add_sample(&name, &unit(), MODEL, 0.9, "bench")?;
+        committed.push((name, Instant::now()));
     }
     let elapsed = started.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while seen.lock().map(|s| committed.iter().any(|(id, _)| !s.contains_key(id))).unwrap_or(false) && Instant::now() < deadline {
+    while seen.lock().map(|s| s.len() < n).unwrap_or(false) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     stop.store(true, Ordering::SeqCst);
     let _ = watcher.join();
     let _ = sync.join();
     let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
-    let mut delays: Vec<f64> = committed.iter().filter_map(|(id, at)| seen.get(id).map(|s| s.saturating_duration_since(*at).as_secs_f64() * 1000.0)).collect();
+    let mut delays: Vec<f64> = committed.iter().filter_map(|(name, at)| seen.get(name).map(|s| s.saturating_duration_since(*at).as_secs_f64() * 1000.0)).collect();
     delays.sort_by(f64::total_cmp);
     let missing = n - delays.len();
     let mut c = open_client(url)?;
     let removed = c.execute("DELETE FROM persons WHERE name LIKE $1", &[&format!("bench-{run}-%")])?;
     let report = serde_json::json!({
         "enrollments": n,
+        "rate_asked": rate,
         "enrollments_per_s": n as f64 / elapsed,
         "propagation_ms": {"p50": percentile(&delays, 0.5), "p90": percentile(&delays, 0.9), "p99": percentile(&delays, 0.99), "max": delays.last().copied().unwrap_or(f64::NAN)},
         "not_propagated_in_30s": missing,
