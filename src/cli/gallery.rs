@@ -113,7 +113,7 @@ pub fn cmd_enroll(cfg: &Config, a: EnrollArgs) -> Result<ExitCode> {
             }
         }
     }
-    eprintln!("{ok} enrolled, {failed} refused in {:.1} s into {}", started.elapsed().as_secs_f32(), store.path.display());
+    eprintln!("{ok} enrolled, {failed} refused in {:.1} s into {}", started.elapsed().as_secs_f32(), store.location);
     Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
