@@ -126,7 +126,7 @@ enum Command {
     /// Inspect and edit the gallery store.
     Gallery {
         #[command(subcommand)]
-        action: GalleryAction,
+        action: cli::gallery::GalleryAction,
         /// Gallery store (default: gallery.store of the config, else ~/.local/share/facestream/gallery.db).
         #[arg(long, global = true)]
         store: Option<PathBuf>,
@@ -192,27 +192,6 @@ enum Command {
         /// Folder with the fixture photos.
         #[arg(long, default_value = "tests/fixtures")]
         fixtures: PathBuf,
-    },
-}
-
-#[derive(Subcommand)]
-pub enum GalleryAction {
-    /// Every person with sample counts.
-    List,
-    /// One person with its samples (without the vectors).
-    Show { name: String },
-    /// Remove a person and all its samples.
-    Remove { name: String },
-    /// Write the whole gallery (persons, metadata, embeddings) as JSON.
-    Export { file: PathBuf },
-    /// Add persons and samples from an export.
-    Import { file: PathBuf },
-    /// Show or set a person's groups (for gates' allow_groups).
-    Groups {
-        name: String,
-        /// Replace the groups (comma separated; empty string: none).
-        #[arg(long, value_delimiter = ',')]
-        set: Option<Vec<String>>,
     },
 }
 

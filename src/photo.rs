@@ -223,6 +223,18 @@ pub struct Enrollable {
     pub embedding: Embedding,
     pub quality: f32,
     pub image_sha256: String,
+    /// The aligned face as the embedder saw it, as a JPEG: kept with the sample (thumbnails, and
+    /// `gallery reembed` with a new model).
+    pub crop_jpeg: Option<Vec<u8>>,
+}
+
+/// The aligned face (as the embedder sees it) as a JPEG.
+pub fn face_crop_jpeg(img: &RgbImage, face: &Face) -> Option<Vec<u8>> {
+    let cb = crate::embed::crop_box(&face.landmarks, false)?;
+    let mut crop = vec![0u8; crate::embed::CROP_BYTES];
+    crate::embed::align_into(img, &cb, &mut crop).ok()?;
+    let side = crate::embed::CROP_SIDE as u32;
+    crate::image::jpeg(&crop, side, side, 90)
 }
 
 /// Finds the one face to enroll in a photo: refused when there is none, or several and no `bbox`
@@ -268,5 +280,6 @@ pub fn enrollable_image(analyzer: &mut Analyzer, img: &RgbImage, name: &std::pat
     let embedding = analyzer.embed(img, std::slice::from_ref(&face))?.pop().flatten().ok_or_else(|| EnrollError::NoFace { path: name.to_path_buf() })?;
     // Geometry (size, score, pose) times sharpness, saturating at twice the floor.
     let quality = crate::track::quality::geometric(&face) * (sharpness / (4.0 * ENROLL_MIN_SHARPNESS)).min(1.0);
-    Ok(Enrollable { face, faces_in_photo: faces.len(), embedding, quality, image_sha256 })
+    let crop_jpeg = face_crop_jpeg(img, &face);
+    Ok(Enrollable { face, faces_in_photo: faces.len(), embedding, quality, image_sha256, crop_jpeg })
 }

@@ -72,6 +72,31 @@ fn train_head_smoke_on_fixture_photos() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("embed.head") && err.contains("missing"), "a missing head is named: {err}");
 
+    // The gallery follows the new model: faces enrolled with the bare embedder are refused by a
+    // config with the head until `gallery reembed` re-embeds them from their kept crops.
+    let store = dir.path().join("gallery.db");
+    let fs = |config: Option<&Path>, args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_facestream"));
+        if let Some(p) = config {
+            c.arg("--config").arg(p);
+        }
+        c.args(args).arg("--store").arg(&store).output().unwrap()
+    };
+    std::fs::write(&cfg, "[embed]\nhead = \"head\"\n").unwrap();
+    let o = fs(None, &["enroll", "--name", "Paul", &f("Paul.jpeg")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = fs(Some(&cfg), &["identify", &f("Paul2.jpeg")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("re-enroll"), "a store of the bare model is refused under the head: {err}");
+    let o = fs(Some(&cfg), &["gallery", "reembed"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("1 samples re-embedded") && err.contains("+head-"), "{err}");
+    let o = fs(Some(&cfg), &["identify", &f("Paul2.jpeg")]);
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && said.contains("Paul"), "identified through the head after the re-embed: {said}{}", String::from_utf8_lossy(&o.stderr));
+    let s = facestream::gallery::store::Store::open(&store).unwrap().samples(None).unwrap();
+    assert!(s.len() == 1 && s[0].model_id.contains("+head-"), "{:?}", s.iter().map(|x| &x.model_id).collect::<Vec<_>>());
+
     let head = facestream::train::data::load_head(&out).unwrap();
     assert_eq!(head.dim, 128);
     let v = facestream::embed::random_units(1, 3);

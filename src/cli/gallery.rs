@@ -11,6 +11,35 @@ use facestream::config::Config;
 use facestream::identify::OperatingPoint;
 use facestream::photo::{Analyzer, EnrollError, Enrollable};
 
+#[derive(clap::Subcommand)]
+pub enum GalleryAction {
+    /// Every person with sample counts.
+    List,
+    /// One person with its samples (without the vectors).
+    Show { name: String },
+    /// Remove a person and all its samples.
+    Remove { name: String },
+    /// Write the whole gallery (persons, metadata, embeddings) as JSON.
+    Export { file: PathBuf },
+    /// Add persons and samples from an export.
+    Import { file: PathBuf },
+    /// Show or set a person's groups (for gates' allow_groups).
+    Groups {
+        name: String,
+        /// Replace the groups (comma separated; empty string: none).
+        #[arg(long, value_delimiter = ',')]
+        set: Option<Vec<String>>,
+    },
+    /// Re-embed every enrolled face with the config's embedder (e.g. after `train --head` and
+    /// `embed.head`), from the aligned crops kept at enrollment, in one transaction.
+    Reembed {
+        /// Remove the samples that have no kept crop (enrolled before crops were kept, or from a
+        /// visitor) instead of refusing.
+        #[arg(long)]
+        drop_uncropped: bool,
+    },
+}
+
 /// Enroll persons into the gallery store: `--name NAME IMAGE...`, `--dir DIR` (one sub-folder per
 /// person) or `--video CLIP --name NAME`. Faces that would poison the gallery are refused: none,
 /// several with none clearly dominant (without --box), too small, blurred, turned away.
@@ -98,7 +127,8 @@ pub fn cmd_enroll(cfg: &Config, a: EnrollArgs) -> Result<ExitCode> {
                 && let Some(m) = gallery.search(&e.embedding, 1).first().filter(|m| m.distance <= point.threshold) {
                     eprintln!("warning: {person} lies within the threshold of {} (distance {:.3} <= {:.3}): the same person twice, or a look-alike", m.name, m.distance, point.threshold);
                 }
-            let id = store.add_sample(&person, &e.embedding, &model, e.quality, &e.image_sha256)?;
+            let id = store.ensure_person(&person, None)?;
+            store.add_face(id, &e.embedding, &model, e.quality, &e.image_sha256, e.crop_jpeg.as_deref())?;
             gallery.add_with_id(id, &person, e.embedding)?;
             Ok(())
         });
@@ -117,15 +147,15 @@ pub fn cmd_enroll(cfg: &Config, a: EnrollArgs) -> Result<ExitCode> {
     Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-pub fn cmd_gallery(cfg: &Config, action: crate::GalleryAction, store: Option<PathBuf>) -> Result<ExitCode> {
+pub fn cmd_gallery(cfg: &Config, action: GalleryAction, store: Option<PathBuf>) -> Result<ExitCode> {
     let mut store = open_store(cfg, store)?;
     match action {
-        crate::GalleryAction::List => {
+        GalleryAction::List => {
             for p in store.persons()? {
                 println!("{}", json!({"id": p.id, "name": p.name, "samples": p.samples, "metadata": p.metadata, "created": p.created, "updated": p.updated}));
             }
         }
-        crate::GalleryAction::Show { name } => {
+        GalleryAction::Show { name } => {
             let p = store.person_by_name(&name)?.ok_or_else(|| facestream::gallery::store::StoreError::NoPerson(name.clone()))?;
             let samples: Vec<_> = store
                 .samples(Some(p.id))?
@@ -134,17 +164,18 @@ pub fn cmd_gallery(cfg: &Config, action: crate::GalleryAction, store: Option<Pat
                 .collect();
             println!("{}", serde_json::to_string_pretty(&json!({"person": p, "samples": samples}))?);
         }
-        crate::GalleryAction::Remove { name } => {
+        GalleryAction::Remove { name } => {
             let p = store.person_by_name(&name)?.ok_or_else(|| facestream::gallery::store::StoreError::NoPerson(name.clone()))?;
             store.remove_person(p.id)?;
             eprintln!("removed {name} ({} samples)", p.samples);
         }
-        crate::GalleryAction::Export { file } => {
+        GalleryAction::Export { file } => {
             let data = store.export()?;
             std::fs::write(&file, serde_json::to_string(&data)?).with_context(|| format!("{}: cannot write", file.display()))?;
             eprintln!("exported {} persons to {}", data.persons.len(), file.display());
         }
-        crate::GalleryAction::Groups { name, set } => {
+        GalleryAction::Reembed { drop_uncropped } => return reembed(cfg, &mut store, drop_uncropped),
+        GalleryAction::Groups { name, set } => {
             let p = store.person_by_name(&name)?.ok_or_else(|| facestream::gallery::store::StoreError::NoPerson(name.clone()))?;
             if let Some(groups) = set {
                 let groups: Vec<String> = groups.into_iter().map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect();
@@ -154,7 +185,7 @@ pub fn cmd_gallery(cfg: &Config, action: crate::GalleryAction, store: Option<Pat
             let p = store.person(p.id)?.ok_or_else(|| facestream::gallery::store::StoreError::NoPerson(name.clone()))?;
             println!("{}", json!({"name": p.name, "groups": facestream::gallery::store::groups_of(&p.metadata)}));
         }
-        crate::GalleryAction::Import { file } => {
+        GalleryAction::Import { file } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("{}: cannot read", file.display()))?;
             let data: facestream::gallery::store::Export = serde_json::from_str(&text).with_context(|| format!("{}: not a facestream gallery export", file.display()))?;
             let (p, s) = store.import(&data)?;
@@ -164,3 +195,41 @@ pub fn cmd_gallery(cfg: &Config, action: crate::GalleryAction, store: Option<Pat
     Ok(ExitCode::SUCCESS)
 }
 
+
+/// `gallery reembed`: every sample's kept crop through the config's embedder.
+fn reembed(cfg: &Config, store: &mut facestream::gallery::store::Store, drop_uncropped: bool) -> Result<ExitCode> {
+    let mut analyzer = Analyzer::new(cfg)?;
+    let model = analyzer.embedder.model_id().to_string();
+    let samples = store.samples(None)?;
+    let names: std::collections::HashMap<u64, String> = store.persons()?.into_iter().map(|p| (p.id, p.name)).collect();
+    let side = facestream::embed::CROP_SIDE as u32;
+    let (mut new, mut uncropped) = (Vec::new(), Vec::new());
+    let bar = indicatif::ProgressBar::new(samples.len() as u64);
+    for s in &samples {
+        bar.inc(1);
+        let crop = store.sample_crop(s.id)?.and_then(|jpeg| image::load_from_memory(&jpeg).ok()).map(|i| i.to_rgb8()).filter(|i| i.width() == side && i.height() == side);
+        match crop {
+            Some(rgb) => {
+                let e = analyzer.embedder.embed_crops(rgb.as_raw())?.pop().context("the embedder returned nothing")?;
+                new.push((s.id, e));
+            }
+            None => uncropped.push(s),
+        }
+    }
+    bar.finish_and_clear();
+    if !uncropped.is_empty() && !drop_uncropped {
+        let mut who: Vec<&str> = uncropped.iter().filter_map(|s| names.get(&s.person_id).map(String::as_str)).collect();
+        who.sort();
+        who.dedup();
+        bail!(
+            "{} of {} samples have no kept crop and cannot be re-embedded (persons: {}); re-enroll them, or pass --drop-uncropped to remove those samples; nothing was changed",
+            uncropped.len(),
+            samples.len(),
+            who.join(", ")
+        );
+    }
+    let remove: Vec<u64> = uncropped.iter().map(|s| s.id).collect();
+    let n = store.reembed(&model, &new, &remove)?;
+    eprintln!("{n} samples re-embedded with {model}{} in {}", if remove.is_empty() { String::new() } else { format!(", {} without a crop removed", remove.len()) }, store.location);
+    Ok(ExitCode::SUCCESS)
+}

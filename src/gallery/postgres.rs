@@ -414,6 +414,21 @@ impl Backend for PgStore {
         self.with(|c| query_samples(c, person_id.map(|p| p as i64)))
     }
 
+    fn reembed(&mut self, model_id: &str, embeddings: &[(u64, Vec<f32>)], remove: &[u64]) -> Result<usize, StoreError> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            let mut n = 0;
+            for (id, e) in embeddings {
+                n += tx.execute("UPDATE samples SET embedding = $1, model_id = $2 WHERE id = $3", &[&to_blob(e), &model_id, &(*id as i64)])? as usize;
+            }
+            for id in remove {
+                tx.execute("DELETE FROM samples WHERE id = $1", &[&(*id as i64)])?;
+            }
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
     fn import(&mut self, data: &Export) -> Result<(usize, usize), StoreError> {
         self.with(|c| {
             let mut tx = c.transaction()?;

@@ -239,6 +239,19 @@ impl Backend for Sqlite {
     }
 
     /// Imports persons and samples (all in one transaction); returns (persons, samples) added.
+    fn reembed(&mut self, model_id: &str, embeddings: &[(u64, Vec<f32>)], remove: &[u64]) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut n = 0;
+        for (id, e) in embeddings {
+            n += tx.execute("UPDATE samples SET embedding = ?1, model_id = ?2 WHERE id = ?3", params![to_blob(e), model_id, *id as i64])?;
+        }
+        for id in remove {
+            tx.execute("DELETE FROM samples WHERE id = ?1", [*id as i64])?;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
     fn import(&mut self, data: &Export) -> Result<(usize, usize), StoreError> {
         let tx = self.conn.transaction()?;
         let mut samples = 0;

@@ -136,6 +136,9 @@ pub trait Backend: Send {
     fn remove_person(&mut self, id: u64) -> Result<bool, StoreError>;
     fn persons(&self) -> Result<Vec<PersonRow>, StoreError>;
     fn samples(&self, person_id: Option<u64>) -> Result<Vec<SampleRow>, StoreError>;
+    /// Replaces the embeddings (and model id) of the given samples and removes the listed ones,
+    /// all in one transaction; how many were replaced.
+    fn reembed(&mut self, model_id: &str, embeddings: &[(u64, Vec<f32>)], remove: &[u64]) -> Result<usize, StoreError>;
     /// Imports already-checked persons and samples in one transaction.
     fn import(&mut self, data: &Export) -> Result<(usize, usize), StoreError>;
     fn integrity_check(&self) -> Result<String, StoreError>;
@@ -327,6 +330,15 @@ impl Store {
             }
         }
         self.db.import(data)
+    }
+
+    /// Replaces every listed sample's embedding with one made by `model_id` and removes the
+    /// `remove` samples, atomically: the store never holds a mix of the two models' samples.
+    pub fn reembed(&mut self, model_id: &str, embeddings: &[(u64, Vec<f32>)], remove: &[u64]) -> Result<usize, StoreError> {
+        if let Some((id, _)) = embeddings.iter().find(|(_, e)| !is_unit_embedding(e)) {
+            return Err(StoreError::File { path: PathBuf::from("<reembed>"), reason: format!("the new embedding of sample {id} is not a {DIM}-d unit embedding; nothing was changed") });
+        }
+        self.db.reembed(model_id, embeddings, remove)
     }
 
     /// The engine's own consistency check ("ok" when sound).

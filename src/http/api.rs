@@ -328,7 +328,7 @@ async fn add_face(State(state): State<ApiState>, axum::Extension(limits): axum::
         let model = a.embedder.model_id().to_string();
         let sha = format!("{:x}", sha2::Sha256::digest(&bytes));
         Ok::<_, ApiError>(enrollable_image(&mut a, &img, Path::new("upload"), None, sha).map(|e| {
-            let crop = face_crop_jpeg(&img, &e.face);
+            let crop = e.crop_jpeg.clone();
             (e, model, crop)
         }))
     })
@@ -375,15 +375,6 @@ async fn add_face(State(state): State<ApiState>, axum::Extension(limits): axum::
         axum::Json(json!({"person_id": id, "bbox": [f.bbox.x1, f.bbox.y1, f.bbox.x2, f.bbox.y2], "score": f.score, "quality": e.quality, "warnings": warnings})),
     )
         .into_response())
-}
-
-/// The aligned face (as the embedder saw it) as a JPEG, for the gallery's thumbnails.
-fn face_crop_jpeg(img: &crate::image::RgbImage, face: &crate::detect::Face) -> Option<Vec<u8>> {
-    let cb = crate::embed::crop_box(&face.landmarks, false)?;
-    let mut crop = vec![0u8; crate::embed::CROP_BYTES];
-    crate::embed::align_into(img, &cb, &mut crop).ok()?;
-    let side = crate::embed::CROP_SIDE as u32;
-    crate::image::jpeg(&crop, side, side, 85)
 }
 
 /// Puts a person's samples from the store back into the shared gallery (after a face was
