@@ -11,9 +11,9 @@ use std::path::Path;
 
 use crossbeam_channel::Receiver;
 
-pub use mqtt::{MqttConfig, MqttSink};
-pub use nats::{NatsConfig, NatsSink};
-pub use webhook::{WebhookConfig, WebhookSink, signature};
+pub use mqtt::MqttConfig;
+pub use nats::NatsConfig;
+pub use webhook::{WebhookConfig, signature};
 
 use super::{Event, EventSink, EventsConfig, JsonLines, SendError, SinkError};
 use crate::queue::{Tx, WhenFull};
@@ -54,17 +54,17 @@ fn file(cfg: &EventsConfig, base: &Path) -> Result<Option<Box<dyn EventSink>>, S
 
 fn webhook_sink(cfg: &EventsConfig, _: &Path) -> Result<Option<Box<dyn EventSink>>, SinkError> {
     let Some(w) = &cfg.webhook else { return Ok(None) };
-    Ok(Some(Box::new(WebhookSink::start(w.clone()).map_err(|error| SinkError::Thread { sink: "webhook", error })?)))
+    Ok(Some(Box::new(webhook::start(w.clone()).map_err(|error| SinkError::Thread { sink: "webhook", error })?)))
 }
 
 fn mqtt_sink(cfg: &EventsConfig, _: &Path) -> Result<Option<Box<dyn EventSink>>, SinkError> {
     let Some(m) = &cfg.mqtt else { return Ok(None) };
-    Ok(Some(Box::new(MqttSink::start(m.clone()).map_err(|error| SinkError::Thread { sink: "mqtt", error })?)))
+    Ok(Some(Box::new(mqtt::start(m.clone()).map_err(|error| SinkError::Thread { sink: "mqtt", error })?)))
 }
 
 fn nats_sink(cfg: &EventsConfig, _: &Path) -> Result<Option<Box<dyn EventSink>>, SinkError> {
     let Some(n) = &cfg.nats else { return Ok(None) };
-    Ok(Some(Box::new(NatsSink::start(n.clone()).map_err(|error| SinkError::Thread { sink: "nats", error })?)))
+    Ok(Some(Box::new(nats::start(n.clone()).map_err(|error| SinkError::Thread { sink: "nats", error })?)))
 }
 
 fn default_timeout() -> u64 {
@@ -100,15 +100,16 @@ fn check_kinds(events: &[String]) -> Result<(), (String, String)> {
     Ok(())
 }
 
-/// Queue side of an asynchronous sink: never blocks; when full the event is dropped and counted
+/// What every sink with its own delivery thread (webhook, MQTT, NATS) is on the events side: its
+/// queue. Never blocks; when full the event is dropped and counted
 /// (`facestream_events_failed_total{sink, reason="queue_full"}`).
-struct Queued {
+pub struct QueuedSink {
     name: &'static str,
     tx: Tx<Event>,
     kinds: Vec<String>,
 }
 
-impl Queued {
+impl QueuedSink {
     fn new(name: &'static str, capacity: usize, kinds: Vec<String>) -> (Self, Receiver<Event>) {
         let dropped = metrics().events_failed.with_label_values(&[name, "queue_full"]);
         let (tx, rx) = crate::queue::bounded(capacity, WhenFull::DropNewest, dropped);
@@ -120,6 +121,18 @@ impl Queued {
             return Ok(());
         }
         self.tx.push(event.clone()).map_err(SendError::Queue)
+    }
+}
+
+impl EventSink for QueuedSink {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn counts_own_drops(&self) -> bool {
+        true
+    }
+    fn send(&mut self, event: &Event) -> Result<(), SendError> {
+        self.offer(event)
     }
 }
 

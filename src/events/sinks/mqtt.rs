@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Queued, check_kinds, default_client_id, default_mqtt_port, default_prefix, default_qos, default_queue};
-use crate::events::{Event, EventSink, SendError};
+use super::{QueuedSink, check_kinds, default_client_id, default_mqtt_port, default_prefix, default_qos, default_queue};
 use crate::telemetry::metrics;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -59,22 +58,6 @@ impl MqttConfig {
     }
 }
 
-pub struct MqttSink {
-    q: Queued,
-}
-
-impl EventSink for MqttSink {
-    fn name(&self) -> &'static str {
-        self.q.name
-    }
-    fn counts_own_drops(&self) -> bool {
-        true
-    }
-    fn send(&mut self, event: &Event) -> Result<(), SendError> {
-        self.q.offer(event)
-    }
-}
-
 fn qos(q: u8) -> rumqttc::QoS {
     match q {
         0 => rumqttc::QoS::AtMostOnce,
@@ -83,54 +66,52 @@ fn qos(q: u8) -> rumqttc::QoS {
     }
 }
 
-impl MqttSink {
-    pub fn start(cfg: MqttConfig) -> std::io::Result<Self> {
-        let (q, rx) = Queued::new("mqtt", cfg.queue, cfg.events.clone());
-        let status_topic = format!("{}/status", cfg.topic_prefix);
-        let mut opts = rumqttc::MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-        opts.set_keep_alive(Duration::from_secs(15));
-        opts.set_last_will(rumqttc::LastWill::new(&status_topic, "offline", rumqttc::QoS::AtLeastOnce, true));
-        if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
-            opts.set_credentials(u.clone(), p.clone());
-        }
-        let (client, mut connection) = rumqttc::Client::new(opts, cfg.queue.max(10));
-        // The connection must be polled for anything to move; it also reconnects after errors.
-        {
-            let client = client.clone();
-            let status_topic = status_topic.clone();
-            std::thread::Builder::new().name("sink-mqtt-conn".into()).spawn(move || {
-                let mut delay = Duration::from_millis(500);
-                for notification in connection.iter() {
-                    match notification {
-                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                            delay = Duration::from_millis(500);
-                            tracing::info!("MQTT connected");
-                            let _ = client.try_publish(&status_topic, rumqttc::QoS::AtLeastOnce, true, "online");
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            metrics().events_failed.with_label_values(&["mqtt", "connection"]).inc();
-                            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection error");
-                            std::thread::sleep(delay);
-                            delay = (delay * 2).min(Duration::from_secs(30));
-                        }
+pub fn start(cfg: MqttConfig) -> std::io::Result<QueuedSink> {
+    let (q, rx) = QueuedSink::new("mqtt", cfg.queue, cfg.events.clone());
+    let status_topic = format!("{}/status", cfg.topic_prefix);
+    let mut opts = rumqttc::MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    opts.set_keep_alive(Duration::from_secs(15));
+    opts.set_last_will(rumqttc::LastWill::new(&status_topic, "offline", rumqttc::QoS::AtLeastOnce, true));
+    if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
+        opts.set_credentials(u.clone(), p.clone());
+    }
+    let (client, mut connection) = rumqttc::Client::new(opts, cfg.queue.max(10));
+    // The connection must be polled for anything to move; it also reconnects after errors.
+    {
+        let client = client.clone();
+        let status_topic = status_topic.clone();
+        std::thread::Builder::new().name("sink-mqtt-conn".into()).spawn(move || {
+            let mut delay = Duration::from_millis(500);
+            for notification in connection.iter() {
+                match notification {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        delay = Duration::from_millis(500);
+                        tracing::info!("MQTT connected");
+                        let _ = client.try_publish(&status_topic, rumqttc::QoS::AtLeastOnce, true, "online");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        metrics().events_failed.with_label_values(&["mqtt", "connection"]).inc();
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection error");
+                        std::thread::sleep(delay);
+                        delay = (delay * 2).min(Duration::from_secs(30));
                     }
                 }
-            })?;
-        }
-        let prefix = cfg.topic_prefix.clone();
-        let level = qos(cfg.qos);
-        std::thread::Builder::new().name("sink-mqtt".into()).spawn(move || {
-            for event in rx {
-                let topic = format!("{prefix}/{}/events", event.camera);
-                if let Err(e) = client.try_publish(topic, level, false, event.to_json()) {
-                    tracing::debug!(error = %e, "MQTT publish queue full; event dropped");
-                    metrics().events_failed.with_label_values(&["mqtt", "queue_full"]).inc();
-                }
             }
-            let _ = client.try_publish(&status_topic, rumqttc::QoS::AtLeastOnce, true, "offline");
-            let _ = client.disconnect();
         })?;
-        Ok(Self { q })
     }
+    let prefix = cfg.topic_prefix.clone();
+    let level = qos(cfg.qos);
+    std::thread::Builder::new().name("sink-mqtt".into()).spawn(move || {
+        for event in rx {
+            let topic = format!("{prefix}/{}/events", event.camera);
+            if let Err(e) = client.try_publish(topic, level, false, event.to_json()) {
+                tracing::debug!(error = %e, "MQTT publish queue full; event dropped");
+                metrics().events_failed.with_label_values(&["mqtt", "queue_full"]).inc();
+            }
+        }
+        let _ = client.try_publish(&status_topic, rumqttc::QoS::AtLeastOnce, true, "offline");
+        let _ = client.disconnect();
+    })?;
+    Ok(q)
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Queued, check_kinds, default_prefix, default_queue};
-use crate::events::{Event, EventSink, SendError};
+use super::{QueuedSink, check_kinds, default_prefix, default_queue};
+use crate::events::Event;
 use crate::telemetry::metrics;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -91,29 +91,11 @@ pub fn message_id(json: &str) -> String {
     d.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
-pub struct NatsSink {
-    q: Queued,
-}
-
-impl EventSink for NatsSink {
-    fn name(&self) -> &'static str {
-        self.q.name
-    }
-    fn counts_own_drops(&self) -> bool {
-        true
-    }
-    fn send(&mut self, event: &Event) -> Result<(), SendError> {
-        self.q.offer(event)
-    }
-}
-
-impl NatsSink {
-    pub fn start(cfg: NatsConfig) -> std::io::Result<Self> {
-        let (q, rx) = Queued::new("nats", cfg.queue, cfg.events.clone());
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        std::thread::Builder::new().name("sink-nats".into()).spawn(move || rt.block_on(deliver(cfg, rx)))?;
-        Ok(Self { q })
-    }
+pub fn start(cfg: NatsConfig) -> std::io::Result<QueuedSink> {
+    let (q, rx) = QueuedSink::new("nats", cfg.queue, cfg.events.clone());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("sink-nats".into()).spawn(move || rt.block_on(deliver(cfg, rx)))?;
+    Ok(q)
 }
 
 async fn ensure_stream(js: &async_nats::jetstream::Context, cfg: &NatsConfig) -> Result<(), String> {

@@ -8,8 +8,8 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use super::{Queued, check_kinds, default_queue, default_retries, default_timeout};
-use crate::events::{Event, EventSink, SendError};
+use super::{QueuedSink, check_kinds, default_queue, default_retries, default_timeout};
+use crate::events::Event;
 use crate::telemetry::metrics;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -61,20 +61,6 @@ impl WebhookConfig {
     }
 }
 
-pub struct WebhookSink(Queued);
-
-impl EventSink for WebhookSink {
-    fn name(&self) -> &'static str {
-        self.0.name
-    }
-    fn counts_own_drops(&self) -> bool {
-        true
-    }
-    fn send(&mut self, event: &Event) -> Result<(), SendError> {
-        self.0.offer(event)
-    }
-}
-
 /// HMAC-SHA256 of the body, hex, as sent in `X-Facestream-Signature: sha256=...`.
 pub fn signature(secret: &str, body: &[u8]) -> String {
     // HMAC accepts keys of any length, so this never fails; an empty signature would be refused.
@@ -83,12 +69,10 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-impl WebhookSink {
-    pub fn start(cfg: WebhookConfig) -> std::io::Result<Self> {
-        let (q, rx) = Queued::new("webhook", cfg.queue, cfg.events.clone());
-        std::thread::Builder::new().name("sink-webhook".into()).spawn(move || webhook_loop(cfg, rx))?;
-        Ok(Self(q))
-    }
+pub fn start(cfg: WebhookConfig) -> std::io::Result<QueuedSink> {
+    let (q, rx) = QueuedSink::new("webhook", cfg.queue, cfg.events.clone());
+    std::thread::Builder::new().name("sink-webhook".into()).spawn(move || webhook_loop(cfg, rx))?;
+    Ok(q)
 }
 
 fn webhook_loop(cfg: WebhookConfig, rx: Receiver<Event>) {
