@@ -298,7 +298,7 @@ pub fn run_node(setup: NodeSetup, first: Client) {
                 }
                 Err(e) => {
                     down(&setup, &e.to_string(), delay);
-                    sleep_unless(&setup.stop, delay);
+                    crate::ingest::sleep_unless_stopped(delay, &setup.stop);
                     delay = (delay * 2).min(setup.lease.max(Duration::from_secs(1)));
                     continue;
                 }
@@ -311,7 +311,7 @@ pub fn run_node(setup: NodeSetup, first: Client) {
         } else {
             metrics().cluster_database_up.set(1);
         }
-        sleep_unless(&setup.stop, tick);
+        crate::ingest::sleep_unless_stopped(tick, &setup.stop);
     }
     for lease in setup.leases.cameras.values() {
         lease.active.store(false, Ordering::SeqCst);
@@ -336,12 +336,6 @@ fn down(setup: &NodeSetup, error: &str, retry: Duration) {
     tracing::warn!(node = %setup.node, error, retry_in_ms = retry.as_millis() as u64, "cluster database unreachable: keeping the cameras this node runs");
 }
 
-fn sleep_unless(stop: &AtomicBool, d: Duration) {
-    let end = Instant::now() + d;
-    while !stop.load(Ordering::SeqCst) && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(50).min(end - Instant::now()));
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -106,10 +106,7 @@ pub fn run(s: SyncSetup) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "gallery sync: database unreachable");
-                let end = Instant::now() + delay;
-                while !s.stop.load(Ordering::SeqCst) && Instant::now() < end {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+                crate::ingest::sleep_unless_stopped(delay, &s.stop);
                 delay = (delay * 2).min(Duration::from_secs(5));
                 continue;
             }

@@ -319,7 +319,8 @@ pub fn error_hint(e: &str) -> &'static str {
 }
 
 /// Waits `d` in short steps; false as soon as `stop` is set.
-fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
+/// Sleeps `d` unless `stop` is set first (checked every 20 ms); false when stopped.
+pub fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
     let until = Instant::now() + d;
     while Instant::now() < until {
         if stop.load(Ordering::Relaxed) {
