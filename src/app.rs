@@ -137,7 +137,7 @@ impl App {
             identify: &cfg.identify,
             infer: &cfg.infer,
             base_dir: &cfg.base_dir,
-            store_path: cfg.gallery.store_path(&cfg.base_dir),
+            store: cfg.store_spec(),
             clock_offset: opts.clock_offset,
         };
         if let Some(v) = crate::visitors::Visitors::new(vsetup)? {
@@ -304,10 +304,9 @@ fn visitors_http(cfg: &Config, gallery: &SharedGallery) -> Option<axum::Router> 
     }
     let models = crate::infer::locate_models(&cfg.infer);
     let model_id = crate::infer::ModelCard::read(&models.join(format!("{}.toml", crate::embed::CARD))).ok()?.id;
-    let store = cfg.gallery.store_path(&cfg.base_dir);
     let threshold = OperatingPoint::for_card(&cfg.identify, cfg.embed.threshold, &models, 1).ok()?.threshold;
     Some(http::visitors::router(http::visitors::VisitorsHttp {
-        places: Arc::new(crate::visitors::ops::Places { gallery: cfg.store_spec(), ..crate::visitors::ops::places(&cfg.snapshots, &cfg.visits, &cfg.base_dir, &store, model_id) }),
+        places: Arc::new(crate::visitors::ops::places(&cfg.snapshots, &cfg.visits, &cfg.base_dir, &cfg.store_spec(), model_id)),
         gallery: gallery.clone(),
         timezone: cfg.visits.timezone.clone(),
         enroll_faces: cfg.visitors.enroll_faces,

@@ -427,3 +427,129 @@ fn the_cluster_example_config_is_valid_and_bad_cluster_keys_are_named() {
         assert!(err.contains(key), "{key} named in: {err}");
     }
 }
+
+/// The visitors' operations, the same on both engines: sightings and visits with the gap rule,
+/// visitors grouped, merged, ignored, named; a rejected name; forgetting; retention.
+fn exercise_visitors(vs: &mut facestream::visitors::store::VisitorStore) -> Vec<String> {
+    use facestream::visitors::store::{SnapshotRow, Subject, TrackRecord, VisitorStore};
+    const MIN: i64 = 60_000;
+    let sites = ["all".to_string(), "lobby".to_string()];
+    let mut track = |vs: &mut VisitorStore, id: &str, camera: &str, at: i64, subject: Option<Subject>, name: Option<&str>, t: &[f32]| {
+        let snap = SnapshotRow { id: id.into(), camera: camera.into(), track_id: format!("{camera}-{id}"), at_ms: at, person_id: None, visitor_id: None, quality: 0.5, face_file: format!("{id}.jpg"), context_file: Some(format!("{id}-context.jpg")) };
+        let images = vec![(format!("{id}.jpg"), vec![0xFF, 0xD8, 1]), (format!("{id}-context.jpg"), vec![0xFF, 0xD8, 2])];
+        let rec = TrackRecord { id, track_id: &snap.track_id.clone(), camera, first_ms: at, last_ms: at + MIN, subject, person_name: name, snapshot: Some(&snap), template: Some(t), images: &images, model_id: "m", quality: 0.5, sites: &sites, gap_ms: 10 * MIN };
+        let mut tx = vs.begin().unwrap();
+        let new = VisitorStore::record_track(&mut *tx, &rec).unwrap();
+        tx.commit().unwrap();
+        new
+    };
+    let mut out = Vec::new();
+    out.push(format!("{:?}", track(vs, "a", "door", 0, Some(Subject::Person(7)), Some("ann"), &unit(1))));
+    out.push(format!("{:?}", track(vs, "b", "hall", 5 * MIN, Some(Subject::Person(7)), Some("ann"), &unit(1))));
+    out.push(format!("{:?}", track(vs, "c", "door", 30 * MIN, Some(Subject::Person(7)), Some("ann"), &unit(1))));
+    let mut tx = vs.begin().unwrap();
+    let (v1, v2, v3) = (VisitorStore::new_visitor(&mut *tx, 0).unwrap(), VisitorStore::new_visitor(&mut *tx, 0).unwrap(), VisitorStore::new_visitor(&mut *tx, 0).unwrap());
+    let f = VisitorStore::add_face(&mut *tx, v2, &unit(2), "m", 0.4, 40 * MIN, "d").unwrap();
+    VisitorStore::add_face(&mut *tx, v3, &unit(3), "m", 0.6, 41 * MIN, "e").unwrap();
+    VisitorStore::add_face(&mut *tx, v3, &unit(4), "other", 0.6, 41 * MIN, "e").unwrap();
+    tx.commit().unwrap();
+    track(vs, "d", "door", 40 * MIN, Some(Subject::Visitor(v2)), None, &unit(2));
+    track(vs, "e", "hall", 41 * MIN, Some(Subject::Visitor(v3)), None, &unit(3));
+    track(vs, "f", "hall", 42 * MIN, None, None, &unit(5));
+    let mut tx = vs.begin().unwrap();
+    VisitorStore::merge(&mut *tx, v1, v2).unwrap();
+    assert!(VisitorStore::merge(&mut *tx, v1, 999).is_err(), "no merge from a missing visitor");
+    tx.commit().unwrap();
+    assert_eq!(vs.resolve(v2).unwrap().unwrap().id, v1, "the merged id redirects");
+    out.push(format!("{:?}", vs.clusters("m").unwrap().iter().map(|c| (c.id, c.ignored)).collect::<Vec<_>>()));
+    vs.set_state(v3, "ignored").unwrap();
+    out.push(format!("{:?}", vs.clusters("m").unwrap().iter().map(|c| (c.id, c.ignored)).collect::<Vec<_>>()));
+    out.push(format!("{:?}", vs.faces(v1).unwrap().iter().map(|x| (x.id, x.quality, x.sighting.clone(), x.embedding.len())).collect::<Vec<_>>()));
+    assert_eq!(vs.faces(v1).unwrap()[0].id, f);
+    // "c was not ann": the track leaves her visits and joins visitor v1.
+    let mut tx = vs.begin().unwrap();
+    VisitorStore::reject(&mut *tx, "c", 7, "ann", 50 * MIN, 10 * MIN, &sites).unwrap();
+    VisitorStore::assign_sighting(&mut *tx, "c", v1, 10 * MIN, &sites).unwrap();
+    VisitorStore::mark_named(&mut *tx, v1, 8).unwrap();
+    tx.commit().unwrap();
+    let full = vs.sighting("door-c").unwrap().unwrap();
+    out.push(format!("{:?} {:?} {} {}", full.sighting, full.template.map(|t| t.len()), full.model_id, full.quality));
+    out.push(format!("{:?}", vs.visitors(true).unwrap()));
+    out.push(format!("{:?}", vs.visitors(false).unwrap()));
+    out.push(format!("{:?}", vs.visits(0, i64::MAX).unwrap()));
+    out.push(format!("{:?}", vs.sightings(0, i64::MAX).unwrap()));
+    out.push(format!("{:?}", vs.seen_before(35 * MIN).unwrap()));
+    out.push(format!("{:?} {:?}", vs.snapshot("d").unwrap(), vs.snapshot("zz").unwrap()));
+    out.push(format!("{:?} {:?}", vs.person_id_by_name("ann").unwrap(), vs.person_id_by_name("zed").unwrap()));
+    out.push(format!("{:?}", vs.feedback().unwrap()));
+    let mut files = vs.forget_visitor(v3).unwrap();
+    files.sort();
+    out.push(format!("{files:?}"));
+    let mut files = vs.forget_person(7).unwrap();
+    files.sort();
+    out.push(format!("{files:?}"));
+    let (mut files, counts) = vs.purge(41 * MIN, 41 * MIN, 41 * MIN).unwrap();
+    files.sort();
+    out.push(format!("{files:?} {counts:?}"));
+    let mut names: Vec<String> = vs.snapshot_file_names().unwrap().into_iter().collect();
+    names.sort();
+    out.push(format!("{names:?}"));
+    let mut counts: Vec<_> = vs.counts().unwrap().into_iter().collect();
+    counts.sort();
+    out.push(format!("{counts:?}"));
+    out
+}
+
+#[test]
+fn both_visitor_engines_agree_and_the_shared_one_keeps_images_and_tells_others_changed() {
+    use facestream::gallery::store::StoreSpec;
+    use facestream::visitors::store::VisitorStore;
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::init(dir.path());
+    let shared = StoreSpec { path: dir.path().join("local.db"), database: Some(pg.url("facestream")) };
+    let mut on_sqlite = VisitorStore::open_spec(&StoreSpec::sqlite(dir.path().join("g.db"))).unwrap();
+    let mut on_pg = VisitorStore::open_spec(&shared).unwrap();
+    assert!(!on_sqlite.shared() && on_pg.shared());
+    let (a, b) = (exercise_visitors(&mut on_sqlite), exercise_visitors(&mut on_pg));
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x, y);
+    }
+    assert_eq!(a.len(), b.len());
+    eprintln!("{}", a.join("\n"));
+    // PostgreSQL keeps the best shots' images (any node serves them); forgetting and retention
+    // removed them with their rows.
+    let left: Vec<String> = a[a.len() - 2].trim_matches(['[', ']']).split(", ").map(|s| s.trim_matches('"').to_string()).filter(|s| !s.is_empty()).collect();
+    assert!(!left.is_empty(), "some snapshots are left after the purge");
+    for name in &left {
+        assert_eq!(on_pg.snapshot_image(dir.path(), name).unwrap().map(|b| b[..2].to_vec()), Some(vec![0xFF, 0xD8]), "{name} is in the database");
+    }
+    assert_eq!(on_pg.snapshot_image(dir.path(), "a.jpg").unwrap(), None, "a forgotten person's image is gone");
+    let mut c = postgres::Client::connect(&pg.url("facestream"), postgres::NoTls).unwrap();
+    let images: i64 = c.query_one("SELECT COUNT(*) FROM snapshot_images", &[]).unwrap().get(0);
+    assert_eq!(images as usize, left.len(), "no image without its snapshot row");
+    // Another writer's commit changes what this store sees; its own commits do not.
+    let mut other = VisitorStore::open_spec(&shared).unwrap();
+    let seen = on_pg.data_version().unwrap();
+    let mut tx = on_pg.begin().unwrap();
+    VisitorStore::new_visitor(&mut *tx, 0).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(on_pg.data_version().unwrap(), seen, "its own commit is not a change by others");
+    let mine = other.data_version().unwrap();
+    let mut tx = other.begin().unwrap();
+    VisitorStore::new_visitor(&mut *tx, 0).unwrap();
+    tx.commit().unwrap();
+    assert_ne!(on_pg.data_version().unwrap(), seen, "another writer's commit is seen");
+    assert_eq!(other.data_version().unwrap(), mine, "and not by that writer itself");
+    // The writers' marks are pruned by retention, without losing what others see.
+    let before = on_pg.data_version().unwrap();
+    for _ in 0..5 {
+        let mut s = VisitorStore::open_spec(&shared).unwrap();
+        s.set_state(1, "active").unwrap();
+    }
+    let after_writes = on_pg.data_version().unwrap();
+    assert!(after_writes > before);
+    on_pg.purge(0, 0, 0).unwrap();
+    let writers: i64 = c.query_one("SELECT COUNT(*) FROM visitor_writers", &[]).unwrap().get(0);
+    assert!(writers <= 4, "{writers} writer marks kept (the newest three, and the purge's own commit)");
+    assert_eq!(on_pg.data_version().unwrap(), after_writes, "pruning changes nothing others see");
+}

@@ -71,7 +71,7 @@ fn visitors_by_camera(events: &[Event]) -> HashMap<String, HashSet<String>> {
 
 fn places(cfg: &Config, store: &Path) -> ops::Places {
     let card = facestream::infer::ModelCard::read(&facestream::infer::locate_models(&cfg.infer).join("faceapi_recognition.toml")).unwrap();
-    ops::places(&cfg.snapshots, &cfg.visits, &cfg.base_dir, store, card.id)
+    ops::places(&cfg.snapshots, &cfg.visits, &cfg.base_dir, &facestream::gallery::store::StoreSpec::sqlite(store.to_path_buf()), card.id)
 }
 
 fn get(url: &str) -> (u16, Vec<u8>) {

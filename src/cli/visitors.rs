@@ -56,12 +56,16 @@ pub struct ReportArgs {
     pub format: String,
 }
 
-fn store_path(cfg: &Config, store: Option<PathBuf>) -> Result<PathBuf> {
-    let path = store.unwrap_or_else(|| cfg.gallery.store_path(&cfg.base_dir));
-    if !path.is_file() {
-        bail!("{}: no gallery store here (set gallery.store in the config or pass --store)", path.display());
+/// The store: `--store` (a SQLite file), else the config's (its file, or the cluster's database).
+fn store_spec(cfg: &Config, store: Option<PathBuf>) -> Result<StoreSpec> {
+    let spec = match store {
+        Some(path) => StoreSpec::sqlite(path),
+        None => cfg.store_spec(),
+    };
+    if spec.database.is_none() && !spec.path.is_file() {
+        bail!("{}: no gallery store here (set gallery.store in the config or pass --store)", spec.path.display());
     }
-    Ok(path)
+    Ok(spec)
 }
 
 fn model_id(cfg: &Config) -> Result<String> {
@@ -79,14 +83,12 @@ fn names(spec: &StoreSpec) -> Result<BTreeMap<u64, String>> {
 }
 
 pub fn cmd_visitors(cfg: &Config, action: VisitorsAction, store: Option<PathBuf>) -> Result<ExitCode> {
-    let spec = if store.is_some() { None } else { Some(cfg.store_spec()) };
-    let path = store_path(cfg, store)?;
-    let spec = spec.unwrap_or_else(|| StoreSpec::sqlite(path.clone()));
-    let places = || -> Result<ops::Places> { Ok(ops::Places { gallery: spec.clone(), ..ops::places(&cfg.snapshots, &cfg.visits, &cfg.base_dir, &path, model_id(cfg)?) }) };
+    let spec = store_spec(cfg, store)?;
+    let places = || -> Result<ops::Places> { Ok(ops::places(&cfg.snapshots, &cfg.visits, &cfg.base_dir, &spec, model_id(cfg)?)) };
     let mut out = std::io::stdout().lock();
     match action {
         VisitorsAction::List { all, format } => {
-            let vs = VisitorStore::open(&path)?;
+            let vs = VisitorStore::open_spec(&spec)?;
             let list = vs.visitors(all)?;
             if format == "json" {
                 for v in &list {
@@ -107,7 +109,7 @@ pub fn cmd_visitors(cfg: &Config, action: VisitorsAction, store: Option<PathBuf>
             }
         }
         VisitorsAction::Show { visitor } => {
-            let vs = VisitorStore::open(&path)?;
+            let vs = VisitorStore::open_spec(&spec)?;
             let id = parse_visitor(&visitor).with_context(|| format!("`{visitor}` is not a visitor id (visitor-<n>)"))?;
             let Some(v) = vs.visitor(id)? else { bail!("no visitor `{visitor}` (see `facestream visitors list`)") };
             let now = vs.resolve(id)?;
@@ -142,7 +144,7 @@ pub fn cmd_visitors(cfg: &Config, action: VisitorsAction, store: Option<PathBuf>
             writeln!(out, "track {} was not {}: recorded; now {}; {} gallery sample(s) from it removed", r.track_id, r.person, r.visitor.as_deref().unwrap_or("unknown (its face expired)"), r.samples_removed)?;
         }
         VisitorsAction::Feedback => {
-            for f in VisitorStore::open(&path)?.feedback()? {
+            for f in VisitorStore::open_spec(&spec)?.feedback()? {
                 writeln!(out, "{f}")?;
             }
         }
@@ -151,16 +153,14 @@ pub fn cmd_visitors(cfg: &Config, action: VisitorsAction, store: Option<PathBuf>
 }
 
 pub fn cmd_report(cfg: &Config, a: ReportArgs, store: Option<PathBuf>) -> Result<ExitCode> {
-    let spec = if store.is_some() { None } else { Some(cfg.store_spec()) };
-    let path = store_path(cfg, store)?;
-    let spec = spec.unwrap_or_else(|| StoreSpec::sqlite(path.clone()));
+    let spec = store_spec(cfg, store)?;
     if let Some(s) = &a.site
         && !cfg.visits.sites.is_empty()
         && !cfg.visits.sites.iter().any(|x| &x.id == s)
     {
         eprintln!("note: site `{s}` is not in this config (known: {})", cfg.visits.sites.iter().map(|x| x.id.as_str()).collect::<Vec<_>>().join(", "));
     }
-    let vs = VisitorStore::open(&path)?;
+    let vs = VisitorStore::open_spec(&spec)?;
     let r = report::day(&vs, &a.day, &cfg.visits.timezone, a.site.as_deref(), &names(&spec)?, SystemTime::now())?;
     let mut out = std::io::stdout().lock();
     match a.format.as_str() {
@@ -197,8 +197,8 @@ fn csv(s: &str) -> String {
 }
 
 pub fn cmd_forget(cfg: &Config, subject: &str, store: Option<PathBuf>) -> Result<ExitCode> {
-    let path = store_path(cfg, store)?;
-    let f = ops::forget(&ops::places(&cfg.snapshots, &cfg.visits, &cfg.base_dir, &path, model_id(cfg).unwrap_or_default()), subject)?;
+    let spec = store_spec(cfg, store)?;
+    let f = ops::forget(&ops::places(&cfg.snapshots, &cfg.visits, &cfg.base_dir, &spec, model_id(cfg).unwrap_or_default()), subject)?;
     println!("{} ({}) forgotten: faces, samples, snapshots ({} file(s)), sightings, visits and {} gate log entr(ies) removed", f.subject, f.kind, f.files_deleted, f.gate_log_entries);
     println!("note: a running facestream drops a forgotten visitor at once; a forgotten person stays in its memory until restarted (or delete them through the API)");
     Ok(ExitCode::SUCCESS)

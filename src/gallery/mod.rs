@@ -9,6 +9,7 @@ pub mod hnsw;
 pub mod index;
 pub mod sketch;
 pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 pub mod store;
 

@@ -104,6 +104,88 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         );
         CREATE INDEX gate_log_gate_at ON gate_log(gate, at_ms);",
     ),
+    (
+        4,
+        "visitors",
+        "CREATE TABLE visitors (
+            id BIGSERIAL PRIMARY KEY,
+            created_ms BIGINT NOT NULL,
+            last_seen_ms BIGINT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'active',
+            merged_into BIGINT,
+            person_id BIGINT,
+            tracks BIGINT NOT NULL DEFAULT 0,
+            best_snapshot TEXT,
+            best_quality DOUBLE PRECISION NOT NULL DEFAULT 0
+        );
+        CREATE TABLE visitor_faces (
+            id BIGSERIAL PRIMARY KEY,
+            visitor_id BIGINT NOT NULL,
+            embedding BYTEA NOT NULL,
+            model_id TEXT NOT NULL,
+            quality DOUBLE PRECISION NOT NULL,
+            at_ms BIGINT NOT NULL,
+            track_id TEXT NOT NULL
+        );
+        CREATE INDEX visitor_faces_visitor ON visitor_faces(visitor_id);
+        CREATE TABLE snapshots (
+            id TEXT PRIMARY KEY,
+            camera TEXT NOT NULL,
+            track_id TEXT NOT NULL,
+            at_ms BIGINT NOT NULL,
+            person_id BIGINT,
+            visitor_id BIGINT,
+            quality DOUBLE PRECISION NOT NULL,
+            face_file TEXT NOT NULL,
+            context_file TEXT
+        );
+        CREATE INDEX snapshots_at ON snapshots(at_ms);
+        CREATE TABLE snapshot_images (
+            name TEXT PRIMARY KEY,
+            jpeg BYTEA NOT NULL
+        );
+        CREATE TABLE sightings (
+            id TEXT PRIMARY KEY,
+            track_id TEXT NOT NULL,
+            camera TEXT NOT NULL,
+            first_ms BIGINT NOT NULL,
+            last_ms BIGINT NOT NULL,
+            person_id BIGINT,
+            person_name TEXT,
+            visitor_id BIGINT,
+            snapshot TEXT,
+            template BYTEA,
+            model_id TEXT NOT NULL,
+            quality DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX sightings_first ON sightings(first_ms);
+        CREATE INDEX sightings_track ON sightings(track_id);
+        CREATE TABLE visits (
+            id BIGSERIAL PRIMARY KEY,
+            site TEXT NOT NULL,
+            person_id BIGINT,
+            person_name TEXT,
+            visitor_id BIGINT,
+            first_ms BIGINT NOT NULL,
+            last_ms BIGINT NOT NULL,
+            tracks BIGINT NOT NULL,
+            cameras TEXT NOT NULL
+        );
+        CREATE INDEX visits_last ON visits(last_ms);
+        CREATE TABLE feedback (
+            id BIGSERIAL PRIMARY KEY,
+            track_id TEXT NOT NULL,
+            action TEXT NOT NULL,
+            person_id BIGINT,
+            person_name TEXT,
+            at_ms BIGINT NOT NULL
+        );
+        CREATE SEQUENCE visitor_change_seq;
+        CREATE TABLE visitor_writers (
+            writer TEXT PRIMARY KEY,
+            v BIGINT NOT NULL
+        );",
+    ),
 ];
 
 /// The connection string without its password, for logs and messages.

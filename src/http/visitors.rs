@@ -46,7 +46,7 @@ async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
 }
 
 fn open(s: &VisitorsHttp) -> Result<VisitorStore, VisitorStoreError> {
-    VisitorStore::open(&s.places.store_path)
+    VisitorStore::open_spec(&s.places.gallery)
 }
 
 pub fn router(state: VisitorsHttp) -> Router {
@@ -86,9 +86,10 @@ async fn snapshot(State(s): State<VisitorsHttp>, UrlPath(id): UrlPath<String>, Q
             },
             Some(other) => return err(StatusCode::BAD_REQUEST, "bad_request", format!("kind `{other}`: face or context")),
         };
-        match std::fs::read(s.places.snapshot_dir.join(&file)) {
-            Ok(bytes) => ([(header::CONTENT_TYPE, "image/jpeg")], bytes).into_response(),
-            Err(e) => err(StatusCode::NOT_FOUND, "not_found", format!("snapshot file {file}: {e}")),
+        match store.snapshot_image(&s.places.snapshot_dir, &file) {
+            Ok(Some(bytes)) => ([(header::CONTENT_TYPE, "image/jpeg")], bytes).into_response(),
+            Ok(None) => err(StatusCode::NOT_FOUND, "not_found", format!("snapshot file {file} is gone")),
+            Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
         }
     })
     .await

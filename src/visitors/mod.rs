@@ -46,7 +46,8 @@ pub struct VisitorsSetup<'a> {
     pub identify: &'a crate::identify::IdentifyConfig,
     pub infer: &'a crate::infer::InferConfig,
     pub base_dir: &'a Path,
-    pub store_path: PathBuf,
+    /// The store (its SQLite file, or the cluster's database).
+    pub store: crate::gallery::store::StoreSpec,
     /// Shifts the application's clock (tests replay a clip "the next day"; replays of old footage).
     pub clock_offset: Duration,
 }
@@ -82,13 +83,14 @@ pub struct Visitors {
 impl Visitors {
     /// None when snapshots, visitors and visits are all off.
     pub fn new(setup: VisitorsSetup) -> Result<Option<Self>, VisitorsError> {
-        let VisitorsSetup { snapshots, visitors, visits, identify, infer, base_dir, store_path, clock_offset } = setup;
+        let VisitorsSetup { snapshots, visitors, visits, identify, infer, base_dir, store, clock_offset } = setup;
         if !snapshots.enabled && !visitors.enabled && !visits.enabled {
             return Ok(None);
         }
         let rt = crate::infer::Runtime::get(infer)?;
         let model_id = crate::infer::ModelCard::read(&rt.models_dir.join(format!("{}.toml", crate::embed::CARD)))?.id;
-        let store = VisitorStore::open(&store_path)?;
+        let store_path = store.path.clone();
+        let store = VisitorStore::open_spec(&store)?;
         let snapshots = if snapshots.enabled {
             let dir = snapshots.dir_for(base_dir, &store_path);
             std::fs::create_dir_all(&dir).map_err(|error| VisitorsError::Folder { path: dir.clone(), error })?;
@@ -194,30 +196,32 @@ impl Visitors {
         }
     }
 
-    /// Writes the track's best shot files; the row goes in with the track's transaction.
-    fn write_snapshot(&self, e: &TrackEnd, crop: &FaceCrop, at_ms: i64) -> Option<SnapshotRow> {
+    /// Writes the track's best shot files (or, with a shared store, returns their bytes for the
+    /// track's transaction); the row goes in with the track's transaction.
+    fn write_snapshot(&self, e: &TrackEnd, crop: &FaceCrop, at_ms: i64) -> Option<(SnapshotRow, Vec<(String, Vec<u8>)>)> {
         let (dir, _) = self.snapshots.as_ref()?;
         let id = snapshot_id(&e.camera, e.track, e.first_seen);
         let m = metrics();
         let face_file = format!("{id}.jpg");
+        let shared = self.store.shared();
         let result = (|| {
-            let face = jpeg(&crop.rgb, crop.side, crop.side)?;
-            write_atomic(&dir.join(&face_file), &face).ok()?;
-            let context_file = match &crop.context {
-                Some(c) => {
-                    let name = format!("{id}-context.jpg");
-                    let bytes = jpeg(&c.data, c.width, c.height)?;
-                    write_atomic(&dir.join(&name), &bytes).ok()?;
-                    Some(name)
+            let mut images = vec![(face_file.clone(), jpeg(&crop.rgb, crop.side, crop.side)?)];
+            if let Some(c) = &crop.context {
+                images.push((format!("{id}-context.jpg"), jpeg(&c.data, c.width, c.height)?));
+            }
+            if !shared {
+                for (name, bytes) in &images {
+                    write_atomic(&dir.join(name), bytes).ok()?;
                 }
-                None => None,
-            };
-            Some(context_file)
+            }
+            Some(images)
         })();
         match result {
-            Some(context_file) => {
+            Some(images) => {
                 m.snapshots.with_label_values(&[&e.camera, "written"]).inc();
-                Some(SnapshotRow { id, camera: e.camera.to_string(), track_id: format!("{}-{}", e.camera, e.track), at_ms, person_id: None, visitor_id: None, quality: crop.quality, face_file, context_file })
+                let context_file = images.get(1).map(|i| i.0.clone());
+                let row = SnapshotRow { id, camera: e.camera.to_string(), track_id: format!("{}-{}", e.camera, e.track), at_ms, person_id: None, visitor_id: None, quality: crop.quality, face_file, context_file };
+                Some((row, if shared { images } else { Vec::new() }))
             }
             None => {
                 m.snapshots.with_label_values(&[&e.camera, "failed"]).inc();
@@ -233,7 +237,8 @@ impl Visitors {
         let last_ms = millis(e.last_seen + self.offset);
         let track_id = format!("{}-{}", e.camera, e.track);
         let sighting_id = snapshot_id(&e.camera, e.track, e.first_seen);
-        let mut snapshot = e.best_crop.as_ref().and_then(|c| self.write_snapshot(e, c, first_ms));
+        let (mut snapshot, images) = e.best_crop.as_ref().and_then(|c| self.write_snapshot(e, c, first_ms)).unzip();
+        let images = images.unwrap_or_default();
         let template = cluster::template(&e.faces);
         let best_quality = e.faces.iter().map(|f| f.1).fold(0.0f32, f32::max);
         let sites = if self.visits.enabled { self.visits.sites_of(&e.camera) } else { Vec::new() };
@@ -243,7 +248,7 @@ impl Visitors {
         // What the transaction committed: the subject, the clustering step, new visits per site.
         type Committed = (Option<Subject>, Option<(Plan, u64)>, Vec<bool>);
         let result = (|| -> Result<Committed, VisitorStoreError> {
-            let tx = self.store.begin()?;
+            let mut tx = self.store.begin()?;
             let mut subject = known.map(Subject::Person);
             let mut planned = None;
             if known.is_none()
@@ -252,18 +257,18 @@ impl Visitors {
             {
                 let plan = c.plan(t);
                 let id = match &plan {
-                    Plan::New => VisitorStore::new_visitor(&tx, first_ms)?,
+                    Plan::New => VisitorStore::new_visitor(&mut *tx, first_ms)?,
                     Plan::Join { into, merge, .. } => {
                         for from in merge {
-                            VisitorStore::merge(&tx, *into, *from)?;
+                            VisitorStore::merge(&mut *tx, *into, *from)?;
                         }
                         *into
                     }
                 };
-                let face_id = VisitorStore::add_face(&tx, id, t, &self.model_id, best_quality, last_ms, &sighting_id)?;
+                let face_id = VisitorStore::add_face(&mut *tx, id, t, &self.model_id, best_quality, last_ms, &sighting_id)?;
                 // The clusters in memory follow at once; if the commit fails they are reloaded.
                 let evicted = c.apply(&plan, id, Exemplar { face_id, embedding: t.clone(), quality: best_quality });
-                VisitorStore::remove_faces(&tx, &evicted.iter().map(|x| x.face_id).collect::<Vec<_>>())?;
+                VisitorStore::remove_faces(&mut *tx, &evicted.iter().map(|x| x.face_id).collect::<Vec<_>>())?;
                 subject = Some(Subject::Visitor(id));
                 planned = Some((plan, id));
             }
@@ -274,8 +279,8 @@ impl Visitors {
                     None => {}
                 }
             }
-            let rec = TrackRecord { id: &sighting_id, track_id: &track_id, camera: &e.camera, first_ms, last_ms, subject, person_name: e.person.as_ref().map(|p| p.1.as_str()), snapshot: snapshot.as_ref(), template: template.as_deref(), model_id: &self.model_id, quality: best_quality, sites: &sites, gap_ms };
-            let new_visits = VisitorStore::record_track(&tx, &rec)?;
+            let rec = TrackRecord { id: &sighting_id, track_id: &track_id, camera: &e.camera, first_ms, last_ms, subject, person_name: e.person.as_ref().map(|p| p.1.as_str()), snapshot: snapshot.as_ref(), template: template.as_deref(), images: &images, model_id: &self.model_id, quality: best_quality, sites: &sites, gap_ms };
+            let new_visits = VisitorStore::record_track(&mut *tx, &rec)?;
             tx.commit()?;
             Ok((subject, planned, new_visits))
         })();

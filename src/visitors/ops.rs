@@ -25,11 +25,10 @@ pub type SitesOf = Box<dyn Fn(&str) -> Vec<String> + Send + Sync>;
 
 /// Where the operations act.
 pub struct Places {
-    /// The visitors' tables (and the gate log): always the node's SQLite file.
-    pub store_path: PathBuf,
-    /// The gallery: the same file, or the cluster's database.
+    /// The store: the node's SQLite file, or the cluster's database (gallery, visitors, gate log).
     pub gallery: crate::gallery::store::StoreSpec,
-    /// The snapshot folder (files are deleted with their rows).
+    /// The snapshot folder (files are deleted with their rows; unused with a shared store,
+    /// which keeps the images).
     pub snapshot_dir: PathBuf,
     pub model_id: String,
     pub visits_gap_ms: i64,
@@ -55,7 +54,7 @@ pub struct Named {
 /// `threshold` of another person's sample) become samples of `name`; its sightings, visits and
 /// snapshots carry the person from now on.
 pub fn name(p: &Places, visitor: &str, name: &str, max_faces: usize, min_quality: f32, threshold: f32) -> Result<Named, OpsError> {
-    let mut vs = VisitorStore::open(&p.store_path)?;
+    let mut vs = VisitorStore::open_spec(&p.gallery)?;
     let v = visitor_or_err(&vs, visitor)?;
     if v.state == "named" {
         return Err(VisitorStoreError::Refused(format!("{} was already named (person {})", v.name, v.person_id.unwrap_or(0))).into());
@@ -88,15 +87,15 @@ pub fn name(p: &Places, visitor: &str, name: &str, max_faces: usize, min_quality
     for (emb, q, track) in &chosen {
         gallery.add_sample_to(pid, emb, &p.model_id, *q, &format!("visitor:{}:{track}", v.id))?;
     }
-    let tx = vs.begin()?;
-    VisitorStore::mark_named(&tx, v.id, pid)?;
+    let mut tx = vs.begin()?;
+    VisitorStore::mark_named(&mut *tx, v.id, pid)?;
     tx.commit().map_err(VisitorStoreError::from)?;
     Ok(Named { visitor: v.name, person: name.to_string(), person_id: pid, enrolled: chosen.len(), skipped })
 }
 
 /// Marks a visitor as ignored (never counted, never named) or active again.
 pub fn ignore(p: &Places, visitor: &str, ignored: bool) -> Result<String, OpsError> {
-    let mut vs = VisitorStore::open(&p.store_path)?;
+    let mut vs = VisitorStore::open_spec(&p.gallery)?;
     let v = visitor_or_err(&vs, visitor)?;
     if v.state == "named" {
         return Err(VisitorStoreError::Refused(format!("{} is a person now; remove the person instead", v.name)).into());
@@ -107,7 +106,7 @@ pub fn ignore(p: &Places, visitor: &str, ignored: bool) -> Result<String, OpsErr
 
 /// Merges visitor `from` into `into` (one person seen as two): `from` redirects to `into`.
 pub fn merge(p: &Places, into: &str, from: &str) -> Result<String, OpsError> {
-    let mut vs = VisitorStore::open(&p.store_path)?;
+    let mut vs = VisitorStore::open_spec(&p.gallery)?;
     let (a, b) = (visitor_or_err(&vs, into)?, visitor_or_err(&vs, from)?);
     if a.id == b.id {
         return Err(VisitorStoreError::Refused(format!("{} and {} are already one visitor", into, from)).into());
@@ -115,8 +114,8 @@ pub fn merge(p: &Places, into: &str, from: &str) -> Result<String, OpsError> {
     if a.state == "named" || b.state == "named" {
         return Err(VisitorStoreError::Refused("a named visitor is a person now; merge before naming".into()).into());
     }
-    let tx = vs.begin()?;
-    VisitorStore::merge(&tx, a.id, b.id)?;
+    let mut tx = vs.begin()?;
+    VisitorStore::merge(&mut *tx, a.id, b.id)?;
     tx.commit().map_err(VisitorStoreError::from)?;
     Ok(a.name)
 }
@@ -134,7 +133,7 @@ pub struct Rejected {
 /// "This track was not `person`": recorded; the track leaves the person's visits, any gallery
 /// sample enrolled from it goes, and it is grouped with the unknown visitors instead.
 pub fn reject(p: &Places, track_id: &str, params: super::cluster::ClusterParams, now_ms: i64) -> Result<Rejected, OpsError> {
-    let mut vs = VisitorStore::open(&p.store_path)?;
+    let mut vs = VisitorStore::open_spec(&p.gallery)?;
     let super::store::SightingFull { sighting, template, model_id: model, quality } = vs.sighting(track_id)?.ok_or_else(|| VisitorStoreError::NoTrack(track_id.to_string()))?;
     let Some(pid) = sighting.person_id else {
         return Err(VisitorStoreError::Refused(format!("track {track_id} was not named (it is {})", sighting.visitor_id.map(visitor_name).unwrap_or_else(|| "unknown".into()))).into());
@@ -144,24 +143,24 @@ pub fn reject(p: &Places, track_id: &str, params: super::cluster::ClusterParams,
     let samples_removed = gallery.remove_samples_from(&format!(":{}", sighting.id))?;
     let sites = (p.sites_of)(&sighting.camera);
     let mut clusterer = Clusterer::new(params, vs.clusters(&p.model_id)?);
-    let tx = vs.begin()?;
-    VisitorStore::reject(&tx, &sighting.id, pid, &person, now_ms, p.visits_gap_ms, &sites)?;
+    let mut tx = vs.begin()?;
+    VisitorStore::reject(&mut *tx, &sighting.id, pid, &person, now_ms, p.visits_gap_ms, &sites)?;
     let mut visitor = None;
     if let Some(t) = template.filter(|t| is_unit_embedding(t) && model == p.model_id) {
         let plan = clusterer.plan(&t);
         let id = match &plan {
-            Plan::New => VisitorStore::new_visitor(&tx, sighting.first_ms)?,
+            Plan::New => VisitorStore::new_visitor(&mut *tx, sighting.first_ms)?,
             Plan::Join { into, merge, .. } => {
                 for m in merge {
-                    VisitorStore::merge(&tx, *into, *m)?;
+                    VisitorStore::merge(&mut *tx, *into, *m)?;
                 }
                 *into
             }
         };
-        let face_id = VisitorStore::add_face(&tx, id, &t, &p.model_id, quality, sighting.last_ms, &sighting.id)?;
+        let face_id = VisitorStore::add_face(&mut *tx, id, &t, &p.model_id, quality, sighting.last_ms, &sighting.id)?;
         let evicted = clusterer.apply(&plan, id, Exemplar { face_id, embedding: t, quality });
-        VisitorStore::remove_faces(&tx, &evicted.iter().map(|e| e.face_id).collect::<Vec<_>>())?;
-        VisitorStore::assign_sighting(&tx, &sighting.id, id, p.visits_gap_ms, &sites)?;
+        VisitorStore::remove_faces(&mut *tx, &evicted.iter().map(|e| e.face_id).collect::<Vec<_>>())?;
+        VisitorStore::assign_sighting(&mut *tx, &sighting.id, id, p.visits_gap_ms, &sites)?;
         visitor = Some(visitor_name(id));
     }
     tx.commit().map_err(VisitorStoreError::from)?;
@@ -179,7 +178,7 @@ pub struct Forgotten {
 /// Removes a person (by name) or a visitor (`visitor-<n>`) entirely: faces, samples,
 /// snapshots (rows and files), sightings, visits, feedback and gate log references.
 pub fn forget(p: &Places, subject: &str) -> Result<Forgotten, OpsError> {
-    let mut vs = VisitorStore::open(&p.store_path)?;
+    let mut vs = VisitorStore::open_spec(&p.gallery)?;
     let mut gallery = p.gallery.open()?;
     let audit = crate::gate::audit::AuditLog::open_spec(&p.gallery)?;
     if let Some(id) = parse_visitor(subject).filter(|_| subject.starts_with("visitor-"))
@@ -213,12 +212,11 @@ pub fn subject_name(s: Option<Subject>) -> String {
 }
 
 /// The places of a configuration (`base_dir`: what relative paths resolve against).
-pub fn places(snapshots: &super::SnapshotsConfig, visits: &super::VisitsConfig, base_dir: &Path, store_path: &Path, model_id: String) -> Places {
+pub fn places(snapshots: &super::SnapshotsConfig, visits: &super::VisitsConfig, base_dir: &Path, store: &crate::gallery::store::StoreSpec, model_id: String) -> Places {
     let visits = visits.clone();
     Places {
-        store_path: store_path.to_path_buf(),
-        gallery: crate::gallery::store::StoreSpec::sqlite(store_path.to_path_buf()),
-        snapshot_dir: snapshots.dir_for(base_dir, store_path),
+        gallery: store.clone(),
+        snapshot_dir: snapshots.dir_for(base_dir, &store.path),
         model_id,
         visits_gap_ms: (visits.gap_s * 1000.0) as i64,
         sites_of: Box::new(move |camera| if visits.enabled { visits.sites_of(camera) } else { Vec::new() }),
