@@ -434,7 +434,7 @@ fn exercise_visitors(vs: &mut facestream::visitors::store::VisitorStore) -> Vec<
     use facestream::visitors::store::{SnapshotRow, Subject, TrackRecord, VisitorStore};
     const MIN: i64 = 60_000;
     let sites = ["all".to_string(), "lobby".to_string()];
-    let mut track = |vs: &mut VisitorStore, id: &str, camera: &str, at: i64, subject: Option<Subject>, name: Option<&str>, t: &[f32]| {
+    let track = |vs: &mut VisitorStore, id: &str, camera: &str, at: i64, subject: Option<Subject>, name: Option<&str>, t: &[f32]| {
         let snap = SnapshotRow { id: id.into(), camera: camera.into(), track_id: format!("{camera}-{id}"), at_ms: at, person_id: None, visitor_id: None, quality: 0.5, face_file: format!("{id}.jpg"), context_file: Some(format!("{id}-context.jpg")) };
         let images = vec![(format!("{id}.jpg"), vec![0xFF, 0xD8, 1]), (format!("{id}-context.jpg"), vec![0xFF, 0xD8, 2])];
         let rec = TrackRecord { id, track_id: &snap.track_id.clone(), camera, first_ms: at, last_ms: at + MIN, subject, person_name: name, snapshot: Some(&snap), template: Some(t), images: &images, model_id: "m", quality: 0.5, sites: &sites, gap_ms: 10 * MIN };
@@ -552,4 +552,108 @@ fn both_visitor_engines_agree_and_the_shared_one_keeps_images_and_tells_others_c
     let writers: i64 = c.query_one("SELECT COUNT(*) FROM visitor_writers", &[]).unwrap().get(0);
     assert!(writers <= 4, "{writers} writer marks kept (the newest three, and the purge's own commit)");
     assert_eq!(on_pg.data_version().unwrap(), after_writes, "pruning changes nothing others see");
+}
+
+/// A node that runs the sign clips `cams` once each (not looped, not in real time) with the
+/// visitors application on, sharing the cluster's database.
+fn visitor_node_config(dir: &Path, name: &str, port: u16, pg: &Postgres, cams: &[&str]) -> PathBuf {
+    let mut cfg = format!(
+        "[pipeline]\ndetect_workers = 1\nembed_workers = 1\n[infer]\nintra_threads = 1\n\
+         [http]\nbind = \"127.0.0.1:{port}\"\n\
+         [gallery]\nstore = \"{store}\"\n\
+         [events]\nstdout = false\n\
+         [snapshots]\nenabled = true\n[visitors]\nenabled = true\n[visits]\nenabled = true\n\
+         [cluster]\ndatabase = \"{db}\"\nnode = \"{name}\"\nlease_s = {LEASE_S}\n",
+        store = dir.join(format!("{name}.db")).display(),
+        db = pg.url("facestream"),
+    );
+    for cam in cams {
+        cfg += &format!("[[cameras]]\nid = \"{cam}\"\nurl = \"{}\"\n", Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/signs/{cam}.mkv")).display());
+    }
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+/// Waits until every camera of the node has ended and its tracks are stored.
+fn clips_done(base: &str, cams: &[&str], sql: &mut postgres::Client, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let names: Vec<String> = cams.iter().map(|c| c.to_string()).collect();
+    loop {
+        let states = camera_states(base).unwrap_or_default();
+        let ended = cams.iter().all(|c| states.iter().any(|(id, s)| id == c && s == "ended"));
+        let stored: i64 = sql.query_one("SELECT COUNT(DISTINCT camera) FROM sightings WHERE camera = ANY($1)", &[&names]).map(|r| r.get(0)).unwrap_or(-1);
+        if ended && stored == cams.len() as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the clips of {base} did not end with their tracks stored: states {states:?}, cameras with sightings {stored}\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The last track of a clip is committed just after the camera ends.
+    std::thread::sleep(Duration::from_secs(2));
+}
+
+#[test]
+fn two_nodes_count_one_set_of_visitors_and_share_their_best_shots() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let pg = Postgres::init(root);
+    let mut sql = postgres::Client::connect(&pg.url("facestream"), postgres::NoTls).unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let (a, b) = (format!("http://127.0.0.1:{pa}"), format!("http://127.0.0.1:{pb}"));
+    let log = |n: &str| std::fs::read_to_string(root.join(n)).unwrap_or_default();
+    // Node A sees signer A (again) and signer B (book); node B later sees signer A twice more.
+    let (cams_a, cams_b) = (["again", "book"], ["help", "yes"]);
+    let mut node_a = start_node(&visitor_node_config(root, "node-a", pa, &pg, &cams_a), &root.join("a.log"));
+    clips_done(&a, &cams_a, &mut sql, &root.join("a.log"));
+    let visitors = |sql: &mut postgres::Client| -> Vec<(i64, String)> { sql.query("SELECT id, state FROM visitors WHERE state IN ('active', 'ignored') ORDER BY id", &[]).unwrap().iter().map(|r| (r.get(0), r.get(1))).collect() };
+    let after_a = visitors(&mut sql);
+    assert_eq!(after_a.len(), 2, "node A grouped its two signers: {after_a:?}\n{}", log("a.log"));
+    assert_eq!(metric(&a, "facestream_visitors_active"), Some(2.0));
+
+    let _node_b = start_node(&visitor_node_config(root, "node-b", pb, &pg, &cams_b), &root.join("b.log"));
+    clips_done(&b, &cams_b, &mut sql, &root.join("b.log"));
+    assert_eq!(visitors(&mut sql), after_a, "node B's tracks of signer A joined the visitor node A made: one visitor count\n{}", log("b.log"));
+    let per_visitor: Vec<(i64, Vec<String>)> = sql
+        .query("SELECT visitor_id, array_agg(DISTINCT camera ORDER BY camera) FROM sightings WHERE visitor_id IS NOT NULL GROUP BY visitor_id ORDER BY visitor_id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    eprintln!("cameras per visitor: {per_visitor:?}");
+    assert!(per_visitor.iter().any(|(_, cams)| cams.iter().any(|c| c == "again") && cams.iter().any(|c| c == "help")), "signer A is one visitor across both nodes' cameras: {per_visitor:?}");
+    // Either node's API answers for the whole site.
+    for base in [&a, &b] {
+        let v = get_json(&format!("{base}/api/visitors")).unwrap();
+        assert_eq!(v["visitors"].as_array().unwrap().len(), 2, "{base}: {v}");
+        let r = get_json(&format!("{base}/api/visits?day=today")).unwrap();
+        assert_eq!(r["visitors"], 2, "{base}: {r}");
+    }
+
+    // Named through node B's API: node A's running clusters follow (the named visitor leaves
+    // them), and A's gallery holds the new person.
+    let signer_b = per_visitor.iter().find(|(_, cams)| cams == &["book".to_string()]).expect("signer B is seen on book only").0;
+    let persons_on_a = metric(&a, "facestream_gallery_persons").unwrap_or(0.0);
+    let mut r = agent().post(&format!("{b}/api/visitors/visitor-{signer_b}/name")).header("content-type", "application/json").send(&b"{\"name\":\"Signer B\"}"[..]).unwrap();
+    assert_eq!(r.status(), 200, "{}", r.body_mut().read_to_string().unwrap_or_default());
+    let named = Instant::now();
+    wait_for("node A's visitor clusters to drop the visitor named on node B", Duration::from_secs(5), || (metric(&a, "facestream_visitors_active") == Some(1.0)).then_some(()));
+    eprintln!("visitor named on B: out of A's clusters {:.0} ms later", named.elapsed().as_secs_f64() * 1000.0);
+    wait_for("node A's gallery to hold Signer B", Duration::from_secs(5), || (metric(&a, "facestream_gallery_persons").unwrap_or(0.0) > persons_on_a).then_some(()));
+
+    // Node A gone: node B still serves the best shots of A's cameras (they are in the database,
+    // not in A's folder).
+    unsafe { libc::kill(node_a.0.id() as i32, libc::SIGKILL) };
+    let _ = node_a.0.wait();
+    let snap: String = sql.query_one("SELECT id FROM snapshots WHERE camera = 'book' LIMIT 1", &[]).unwrap().get(0);
+    for kind in ["face", "context"] {
+        let mut r = agent().get(&format!("{b}/api/snapshots/{snap}?kind={kind}")).call().unwrap();
+        let bytes = r.body_mut().read_to_vec().unwrap();
+        assert_eq!((r.status().as_u16(), &bytes[..2]), (200, &[0xFF, 0xD8][..]), "{kind} of {snap} served by B");
+    }
+    assert!(!root.join("snapshots").exists() || std::fs::read_dir(root.join("snapshots")).unwrap().next().is_none(), "no image was written to a local folder");
+    // The CLI reads the same shared tables.
+    let out = Command::new(env!("CARGO_BIN_EXE_facestream")).args(["visitors", "list", "--config", root.join("node-b.toml").to_str().unwrap()]).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.lines().filter(|l| l.starts_with("visitor-")).count() == 1, "one visitor left after the naming:\n{text}{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -212,7 +212,7 @@ impl Metrics {
             gate_decisions: counter(&r, GATE_DECISIONS, "Gate decisions by outcome (granted, denied, suppressed) and reason (unknown, not_allowed, schedule, liveness, tailgating, cooldown; none for granted)", &["gate", "outcome", "reason"]),
             gate_latency,
             gate_commands: counter(&r, GATE_COMMANDS, "Signed gate commands by channel (webhook, mqtt) and result (sent, failed, dropped)", &["gate", "channel", "result"]),
-            visitor_tracks: counter(&r, VISITOR_TRACKS, "Ended tracks by what the visitors application made of them (known: a person; visitor: grouped into a visitor; ignored: an ignored visitor's face; skipped: too few or too poor faces to group)", &["camera", "kind"]),
+            visitor_tracks: counter(&r, VISITOR_TRACKS, "Ended tracks by what the visitors application made of them (known: a person; visitor: grouped into a visitor; ignored: an ignored visitor's face; skipped: too few or too poor faces to group; failed: the store refused the write, e.g. its database was unreachable)", &["camera", "kind"]),
             visitors_new: counter(&r, VISITORS_NEW, "New visitors (unknown faces not seen before), by the camera that first saw them", &["camera"]),
             visits_started: counter(&r, VISITS_STARTED, "Visits started (a person or visitor arriving at a site after a gap longer than visits.gap_s), by camera", &["camera"]),
             snapshots: counter(&r, SNAPSHOTS, "Best shots written (result: written, failed)", &["camera", "result"]),

@@ -126,7 +126,7 @@ impl Visitors {
     pub fn run(mut self, updates: crossbeam_channel::Receiver<TrackUpdate>, events: Tx<Event>) {
         let (mut last_purge, mut last_check) = (Instant::now(), Instant::now());
         loop {
-            match updates.recv_timeout(Duration::from_secs(1)) {
+            match updates.recv_timeout(Duration::from_millis(250)) {
                 Ok(TrackUpdate::Ended(e)) => self.on_ended(&e, &events),
                 Ok(_) => {}
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
@@ -183,9 +183,10 @@ impl Visitors {
         self.set_gauge();
     }
 
-    /// Snapshot files without a row (written just before a crash) are removed.
+    /// Snapshot files without a row (written just before a crash) are removed. A shared store
+    /// keeps its images itself: the folder is then left alone.
     fn remove_orphan_files(&self) {
-        let Some((dir, _)) = &self.snapshots else { return };
+        let Some((dir, _)) = &self.snapshots.as_ref().filter(|_| !self.store.shared()) else { return };
         let Ok(known) = self.store.snapshot_file_names() else { return };
         let Ok(entries) = std::fs::read_dir(dir) else { return };
         for e in entries.flatten() {
@@ -198,7 +199,7 @@ impl Visitors {
 
     /// Writes the track's best shot files (or, with a shared store, returns their bytes for the
     /// track's transaction); the row goes in with the track's transaction.
-    fn write_snapshot(&self, e: &TrackEnd, crop: &FaceCrop, at_ms: i64) -> Option<(SnapshotRow, Vec<(String, Vec<u8>)>)> {
+    fn write_snapshot(&self, e: &TrackEnd, crop: &FaceCrop, at_ms: i64) -> Option<(SnapshotRow, store::Images)> {
         let (dir, _) = self.snapshots.as_ref()?;
         let id = snapshot_id(&e.camera, e.track, e.first_seen);
         let m = metrics();
@@ -288,6 +289,7 @@ impl Visitors {
             Ok(r) => r,
             Err(err) => {
                 tracing::error!(track = %track_id, error = %err, "visitors: the track could not be stored");
+                m.visitor_tracks.with_label_values(&[&e.camera, "failed"]).inc();
                 self.reload_clusters();
                 if let Some(s) = &snapshot
                     && let Some((dir, _)) = &self.snapshots
@@ -330,7 +332,7 @@ impl Visitors {
 pub fn precreate_series(cameras: &[&str]) {
     let m = metrics();
     for cam in cameras {
-        for kind in ["known", "visitor", "ignored", "skipped"] {
+        for kind in ["known", "visitor", "ignored", "skipped", "failed"] {
             m.visitor_tracks.with_label_values(&[cam, kind]);
         }
         m.visitors_new.with_label_values(&[cam]);

@@ -126,6 +126,9 @@ pub enum Subject {
     Visitor(u64),
 }
 
+/// Snapshot images kept in the store: `(file name, JPEG bytes)`.
+pub type Images = Vec<(String, Vec<u8>)>;
+
 /// One track as the visitors application commits it.
 pub struct TrackRecord<'a> {
     /// The sighting's id (`<camera>-<track>-<start ms>`, also its snapshot's).
