@@ -44,16 +44,20 @@ pub fn parse_since(s: &str) -> Result<SystemTime> {
 }
 
 pub fn cmd_log(cfg: &Config, a: LogArgs) -> Result<ExitCode> {
-    let path = a.store.unwrap_or_else(|| cfg.gallery.store_path(&cfg.base_dir));
-    if !path.is_file() {
-        bail!("{}: no gallery store here, so no gate log (set gallery.store in the config or pass --store)", path.display());
+    // `--store` names a SQLite file; else the config's store (its file, or the cluster's database).
+    let spec = match a.store {
+        Some(path) => facestream::gallery::store::StoreSpec::sqlite(path),
+        None => cfg.store_spec(),
+    };
+    if spec.database.is_none() && !spec.path.is_file() {
+        bail!("{}: no gallery store here, so no gate log (set gallery.store in the config or pass --store)", spec.path.display());
     }
     let since = a.since.as_deref().map(parse_since).transpose()?;
     if let Some(g) = &a.gate
         && !cfg.gates.is_empty() && !cfg.gates.iter().any(|x| &x.id == g) {
             eprintln!("note: gate `{g}` is not in this config (known: {})", cfg.gates.iter().map(|x| x.id.as_str()).collect::<Vec<_>>().join(", "));
         }
-    let log = AuditLog::open(&path)?;
+    let log = AuditLog::open_spec(&spec)?;
     let entries = log.entries(a.gate.as_deref(), since, a.limit)?;
     let mut out = std::io::stdout().lock();
     if a.format == "json" {
@@ -76,7 +80,7 @@ pub fn cmd_log(cfg: &Config, a: LogArgs) -> Result<ExitCode> {
                 e.track_id
             )?;
         }
-        eprintln!("{} decision(s) from {}", entries.len(), path.display());
+        eprintln!("{} decision(s) from {}", entries.len(), spec.database.as_deref().map_or_else(|| spec.path.display().to_string(), facestream::gallery::postgres::redact));
     }
     Ok(ExitCode::SUCCESS)
 }
