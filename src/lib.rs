@@ -15,6 +15,7 @@ pub mod eval;
 pub mod events;
 pub mod gallery;
 pub mod gate;
+pub mod harvest;
 pub mod http;
 pub mod identify;
 pub mod image;

@@ -113,6 +113,10 @@ enum Command {
         /// Stop after this many seconds (0 = run until stopped or every camera ended).
         #[arg(long, default_value_t = 0.0)]
         duration: f64,
+        /// Also keep every track's faces for training in DIR (`harvest.jsonl` + best crops; then
+        /// `facestream train --head --data DIR`).
+        #[arg(long, value_name = "DIR")]
+        harvest: Option<PathBuf>,
     },
     Bench(cli::bench::BenchArgs),
     /// Train on your own labelled faces with FaceNet's triplet loss (`--head`: a projection on the
@@ -263,9 +267,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(a) => cli::bench::cmd_bench(&cfg, a),
         Command::Train(a) => cli::train::cmd_train(&cfg, a),
         Command::Cluster(a) => cli::cluster::cmd_cluster(&cfg, a),
-        Command::Run { duration } => {
+        Command::Run { duration, harvest } => {
             let file = cli.global.config.clone().unwrap_or_else(|| PathBuf::from("<embedded config/default.toml>"));
-            cli::run::cmd_run(&cfg, &file, duration)
+            cli::run::cmd_run(&cfg, &file, duration, harvest)
         }
         Command::Gates { action: GatesAction::Log(a) } => cli::gates::cmd_log(&cfg, a),
         Command::GateReceiver(a) => cli::gates::cmd_receiver(a),

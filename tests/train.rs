@@ -104,3 +104,72 @@ fn train_head_smoke_on_fixture_photos() {
     let norm: f32 = mapped[0].iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!((norm - 1.0).abs() < 1e-4, "unit vectors out: {norm}");
 }
+
+/// `run --harvest` keeps each track of the sign clips (faces from the bare embedder, best crop);
+/// the tracks become identities (one track is one person; likeness links tracks, never across a
+/// shared moment on one camera); `train` mixes the harvest with labelled photos.
+#[test]
+fn harvested_tracks_train_a_head_mixed_with_labelled_photos() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = format!("[events]\nstdout = false\n[http]\nenabled = false\n[gallery]\nstore = \"{}\"\n", dir.path().join("g.db").display());
+    for name in ["again", "book", "help", "yes"] {
+        cfg += &format!("[[cameras]]\nid = \"{name}\"\nurl = \"{}\"\n", root.join(format!("tests/fixtures/signs/{name}.mkv")).display());
+    }
+    let config = dir.path().join("harvest.toml");
+    std::fs::write(&config, cfg).unwrap();
+    let harvest = dir.path().join("harvest");
+    let run = Command::new(env!("CARGO_BIN_EXE_facestream")).arg("--config").arg(&config).args(["run", "--harvest"]).arg(&harvest).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let card = root.join("models/faceapi_recognition.toml");
+    let model_id = facestream::infer::ModelCard::read(&std::env::var("FACESTREAM_MODELS").map(|m| Path::new(&m).join("faceapi_recognition.toml")).unwrap_or(card)).unwrap().id;
+    let tracks = facestream::harvest::read(&harvest, &model_id).unwrap();
+    assert!(tracks.len() >= 4, "a track per clip at least: {}", tracks.len());
+    for t in &tracks {
+        assert!(t.faces.len() >= 3 && t.faces.len() == t.qualities.len(), "{}: {} faces", t.id, t.faces.len());
+        assert!(t.faces.iter().all(|f| facestream::gallery::store::is_unit_embedding(f)));
+        let crop = std::fs::read(harvest.join("crops").join(t.crop.as_ref().expect("a best crop"))).unwrap();
+        assert_eq!(&crop[..2], &[0xFF, 0xD8]);
+        assert!(t.person.is_none(), "nobody is enrolled");
+    }
+    let ids = facestream::harvest::identities(&tracks, 0.35);
+    let of = |cam: &str| ids.iter().position(|(_, faces)| tracks.iter().filter(|t| t.camera == cam).any(|t| faces.contains(&t.faces[0]))).unwrap();
+    eprintln!("{} tracks -> {} identities: again {} book {} help {} yes {}", tracks.len(), ids.len(), of("again"), of("book"), of("help"), of("yes"));
+    assert_ne!(of("book"), of("again"), "signer B (book) is never linked with signer A");
+    assert!(of("again") == of("help") && of("help") == of("yes"), "signer A's three clips are linked into one identity");
+    assert_eq!(ids.len(), 2, "two signers, two identities");
+    assert_eq!(facestream::harvest::identities(&tracks, 0.0).len(), tracks.len(), "without linking every track is an identity");
+
+    // Mixed with labelled photos: both sets' identities are trained on.
+    let list = dir.path().join("identities.tsv");
+    let f = |n: &str| root.join("tests/fixtures").join(n).display().to_string();
+    std::fs::write(&list, format!("{}\tPaul\n{}\tPaul\n{}\tS001\n{}\tS001\n", f("Paul.jpeg"), f("Paul2.jpeg"), f("meds-aa-S001-01.jpg"), f("meds-aa-S001-02.jpg"))).unwrap();
+    let out = dir.path().join("head");
+    let train = Command::new(env!("CARGO_BIN_EXE_facestream"))
+        .args(["train", "--head", "--hold-out", "none", "--validation", "0", "--epochs", "2", "--steps", "3", "--p", "3", "--k", "2", "--gallery", "3", "--trials", "1", "--workers", "1"])
+        .arg("--data")
+        .arg(&harvest)
+        .arg("--data")
+        .arg(&list)
+        .arg("--out")
+        .arg(&out)
+        .arg("--cache")
+        .arg(dir.path().join("cache.bin"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&train.stderr);
+    assert!(train.status.success(), "{stderr}");
+    assert!(stderr.contains("harvested tracks ->"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&train.stdout);
+    assert!(stdout.contains(&format!("the harvested people ({} identities", ids.len())), "the site's own people are checked before and after: {stdout}");
+    let card: toml::Value = toml::from_str(&std::fs::read_to_string(out.join("head.toml")).unwrap()).unwrap();
+    let faces: usize = ids.iter().map(|i| i.1.len()).sum();
+    assert_eq!(card["train_people"].as_integer(), Some(ids.len() as i64 + 2), "{card}");
+    assert_eq!(card["train_photos"].as_integer(), Some(faces as i64 + 4));
+    // A harvest of another model (or through a head) is refused, naming the file.
+    let line = std::fs::read_to_string(harvest.join("harvest.jsonl")).unwrap().replace(&model_id, "another-model");
+    std::fs::write(harvest.join("harvest.jsonl"), line).unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_facestream")).args(["train", "--head", "--data"]).arg(&harvest).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("another-model"), "{}", String::from_utf8_lossy(&refused.stderr));
+}

@@ -1,21 +1,25 @@
 //! `facestream run` (the pipeline, with the HTTP server and the gallery API) and `facestream
 //! check` (validate a config and print every problem).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use facestream::app::{self, App, AppOptions};
 use facestream::config::{Config, ConfigError};
 
-pub fn cmd_run(cfg: &Config, file: &Path, duration: f64) -> Result<ExitCode> {
+pub fn cmd_run(cfg: &Config, file: &Path, duration: f64, harvest: Option<PathBuf>) -> Result<ExitCode> {
     cfg.validate_for_run(file)?;
+    let mut apps = Vec::new();
+    if let Some(dir) = harvest {
+        apps.push(harvester(cfg, dir)?);
+    }
     let loaded = app::load_gallery(cfg)?;
-    let app = App::start(cfg, loaded, AppOptions { http: true, ..AppOptions::default() })?;
+    let app = App::start(cfg, loaded, AppOptions { http: true, apps, ..AppOptions::default() })?;
     let signalled = watch_signals()?;
     let limit = (duration > 0.0).then(|| Duration::from_secs_f64(duration));
     if !app.run_until(limit, &signalled, Duration::from_millis(1800)) {
@@ -29,6 +33,20 @@ pub fn cmd_run(cfg: &Config, file: &Path, duration: f64) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The harvest application (`run --harvest DIR`): every ended track's faces from the bare
+/// embedder, kept for `train`.
+fn harvester(cfg: &Config, dir: PathBuf) -> Result<facestream::topology::Subscription> {
+    if let Some(head) = &cfg.embed.head {
+        anyhow::bail!("--harvest keeps the bare embedder's embeddings for training, but this config runs them through the head {} (embed.head): harvest with a config without it", head.display());
+    }
+    let card = facestream::infer::locate_models(&cfg.infer).join(format!("{}.toml", facestream::embed::CARD));
+    let model_id = facestream::infer::ModelCard::read(&card).with_context(|| format!("{}: the embedder's model card (run `make setup`)", card.display()))?.id;
+    let settings = facestream::harvest::HarvestSettings { dir: dir.clone(), min_faces: 3, min_quality: cfg.visitors.min_quality, model_id };
+    let h = facestream::harvest::Harvester::open(settings)?;
+    tracing::info!(dir = %dir.display(), "harvest: every track with 3 or more faces is kept for training");
+    Ok(facestream::topology::Subscription { name: "harvest", capacity: 4096, observe: Vec::new(), run: Box::new(move |io| h.run(io.updates)) })
 }
 
 /// A flag set by SIGINT or SIGTERM (the pipeline then drains and the sinks flush).

@@ -18,10 +18,16 @@ pub struct TrainArgs {
     /// Train a small projection head on the frozen embedder (embeddings computed once, cached).
     #[arg(long, required = true)]
     pub head: bool,
-    /// Labelled photos: an identities file (`path<TAB>identity`) or a folder with one sub-folder
-    /// per person (the `eval` format).
-    #[arg(long)]
-    pub data: PathBuf,
+    /// Training faces, repeatable to mix sets: labelled photos (an identities file
+    /// `path<TAB>identity`, or a folder with one sub-folder per person: the `eval` format), or a
+    /// harvest folder from `run --harvest` (tracks as identities). The same name in two sets is one
+    /// identity.
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
+    /// Harvested unknown tracks whose mean embeddings are at most this far apart are one person
+    /// (unless they were on one camera at the same time); 0 keeps every track alone.
+    #[arg(long, default_value_t = 0.35)]
+    pub link: f32,
     /// Folder for head.safetensors, head.toml (the model card) and curves.png.
     #[arg(long, default_value = "head")]
     pub out: PathBuf,
@@ -101,7 +107,7 @@ pub fn cmd_train(cfg: &Config, a: TrainArgs) -> Result<ExitCode> {
     let settings = settings(&a)?;
     let started = std::time::Instant::now();
     let embed = embed_args(&a);
-    let e = super::eval::embed_labelled(cfg, &a.data, &embed)?;
+    let (e, site) = training_data(cfg, &a, &embed)?;
     let dim = e.samples.first().map(|s| s.1.len()).context("no photo with a usable face")?;
     let (train_people, val_people, held_people) = split(&e.names, &a);
     // Training rows renumbered densely; validation and held-out rows keep their identity index.
@@ -176,7 +182,7 @@ pub fn cmd_train(cfg: &Config, a: TrainArgs) -> Result<ExitCode> {
         parent_model: parent,
         dim,
         created: facestream::events::rfc3339(std::time::SystemTime::now()),
-        data: a.data.display().to_string(),
+        data: a.data.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
         seed: a.seed,
         settings: data::settings_json(&settings),
         train_people: train_people.len(),
@@ -193,7 +199,60 @@ pub fn cmd_train(cfg: &Config, a: TrainArgs) -> Result<ExitCode> {
     data::write_card(&card, &a.out)?;
     plot_curves(&a.out, &loss_curve, &validation_curve);
     print_summary(&before, &after, &t, threshold, started.elapsed().as_secs_f64(), &a.out);
+    print_site_check(&site, &t.head, (before.threshold_at_far_1pct, threshold))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The faces of every `--data` set, identities merged by name: labelled photos are embedded
+/// (cached), harvests were embedded while they were taken.
+fn training_data(cfg: &Config, a: &TrainArgs, embed: &super::eval::OpenSetArgs) -> Result<(super::eval::Embedded, facestream::harvest::Identities)> {
+    let card = facestream::infer::locate_models(&cfg.infer).join(format!("{}.toml", facestream::embed::CARD));
+    let model_id = facestream::infer::ModelCard::read(&card).with_context(|| format!("{}: the embedder's model card (run `make setup`)", card.display()))?.id;
+    let mut all = super::eval::Embedded { names: Vec::new(), samples: Vec::new(), failed: 0 };
+    let mut index: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+    let mut site = Vec::new();
+    for d in &a.data {
+        let (names, samples): (Vec<String>, Vec<(u32, Vec<f32>)>) = if facestream::harvest::is_harvest(d) {
+            let tracks = facestream::harvest::read(d, &model_id)?;
+            let ids = facestream::harvest::identities(&tracks, a.link);
+            let faces: usize = ids.iter().map(|i| i.1.len()).sum();
+            eprintln!("{}: {} harvested tracks -> {} identities ({} faces; link {})", d.display(), tracks.len(), ids.len(), faces, a.link);
+            let names = ids.iter().map(|i| i.0.clone()).collect();
+            site.extend(ids.iter().cloned());
+            (names, ids.into_iter().enumerate().flat_map(|(k, (_, f))| f.into_iter().map(move |v| (k as u32, v))).collect())
+        } else {
+            let e = super::eval::embed_labelled(cfg, d, embed)?;
+            if e.samples.is_empty() {
+                bail!("{}: no usable face in this set (a folder needs one sub-folder per person; an identities file `path<TAB>identity` lines)", d.display());
+            }
+            all.failed += e.failed;
+            (e.names, e.samples)
+        };
+        for (id, v) in samples {
+            let name = &names[id as usize];
+            let k = *index.entry(name.clone()).or_insert_with(|| {
+                all.names.push(name.clone());
+                all.names.len() as u32 - 1
+            });
+            all.samples.push((k, v));
+        }
+    }
+    Ok((all, site))
+}
+
+/// The site's own people (the harvests' identities) enrolled from one frame, before and after.
+/// `thresholds`: each side's distance at FAR 1% (the head changes the scale).
+fn print_site_check(site: &[(String, Vec<Vec<f32>>)], head: &Head, thresholds: (f32, f32)) -> Result<()> {
+    let Some(before) = facestream::harvest::site_check(site, thresholds.0) else { return Ok(()) };
+    let mapped: Vec<(String, Vec<Vec<f32>>)> = site.iter().map(|(n, f)| Ok((n.clone(), head.apply(f)?))).collect::<Result<_>>()?;
+    let after = facestream::harvest::site_check(&mapped, thresholds.1).unwrap_or(before.clone());
+    println!("the harvested people ({} identities, {} faces identified, each enrolled from one frame; trained on unless held out):", before.identities, before.probes);
+    // The margin in units of each side's threshold: the head changes the distances' scale.
+    println!("{:<8} {:>8} {:>20} {:>26}", "", "rank-1", "margin / threshold", "other within the threshold");
+    for (label, c, t) in [("before", &before, thresholds.0), ("after", &after, thresholds.1)] {
+        println!("{label:<8} {:>8.4} {:>20.4} {:>18.4} ({t:.3})", c.rank1, c.margin / t.max(1e-6) as f64, c.other_within);
+    }
+    Ok(())
 }
 
 /// How the photos are embedded (the `eval` settings, fixed for training).
