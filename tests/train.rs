@@ -166,6 +166,32 @@ fn harvested_tracks_train_a_head_mixed_with_labelled_photos() {
     let faces: usize = ids.iter().map(|i| i.1.len()).sum();
     assert_eq!(card["train_people"].as_integer(), Some(ids.len() as i64 + 2), "{card}");
     assert_eq!(card["train_photos"].as_integer(), Some(faces as i64 + 4));
+    // The export: the embedder followed by the head as one ONNX model gives what the pipeline
+    // computes (embedder, normalise, head) on the harvested faces, within 1e-5.
+    let rt = facestream::infer::Runtime::get(&Default::default()).unwrap();
+    let mut headed = facestream::embed::Embedder::new(&rt, &Default::default()).unwrap().with_head(Some(&out)).unwrap();
+    let exported_card = facestream::infer::ModelCard::read(&out.join(facestream::train::export::CARD_FILE)).unwrap();
+    assert_eq!(exported_card.id, card["id"].as_str().unwrap(), "the export carries the head's model id");
+    exported_card.verify_file(&out.join(&exported_card.file)).expect("the card pins the exported bytes");
+    let mut exported = rt.load_path(&out.join(facestream::train::export::ONNX_FILE)).unwrap();
+    let mut crops = Vec::new();
+    for t in &tracks {
+        let img = facestream::image::decode(&std::fs::read(harvest.join("crops").join(t.crop.as_ref().unwrap())).unwrap(), Path::new("crop.jpg")).unwrap();
+        assert_eq!((img.width, img.height), (150, 150));
+        crops.extend(img.data);
+    }
+    let want = headed.embed_crops(&crops).unwrap();
+    let input: Vec<f32> = crops.iter().map(|&v| v as f32).collect();
+    let got = exported.run(&[("input", &[tracks.len(), 150, 150, 3], &input)]).unwrap();
+    let got = &got[0];
+    assert_eq!(got.shape, [tracks.len(), 128]);
+    let worst = want.iter().flatten().zip(&got.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    eprintln!("exported ONNX vs embedder + head: largest difference {worst:e}");
+    assert!(worst < 1e-5, "the exported model matches the pipeline: {worst}");
+    let bare = facestream::embed::Embedder::new(&rt, &Default::default()).unwrap().embed_crops(&crops).unwrap();
+    let moved = bare.iter().flatten().zip(want.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(moved > 1e-3, "the trained head is not the identity (moved {moved}), so the match above means something");
+
     // A harvest of another model (or through a head) is refused, naming the file.
     let line = std::fs::read_to_string(harvest.join("harvest.jsonl")).unwrap().replace(&model_id, "another-model");
     std::fs::write(harvest.join("harvest.jsonl"), line).unwrap();

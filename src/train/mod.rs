@@ -14,6 +14,7 @@
 //!   at FAR 1%.
 
 pub mod data;
+pub mod export;
 
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
