@@ -195,26 +195,6 @@ pub fn embedder_with_head(model: &[u8], w: &[f32], b: &[f32], dim: usize) -> Res
     Ok(m)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fields_round_trip_and_a_broken_message_is_refused() {
-        let mut m = Vec::new();
-        int_field(&mut m, 1, 8);
-        bytes_field(&mut m, 2, b"producer");
-        key(&mut m, 3, 5);
-        m.extend_from_slice(&1.5f32.to_le_bytes());
-        let f = fields(&m).unwrap();
-        assert_eq!(f.iter().map(|f| f.number).collect::<Vec<_>>(), [1, 2, 3]);
-        assert_eq!(f.iter().flat_map(|f| f.raw.to_vec()).collect::<Vec<_>>(), m, "copying every field gives the same bytes");
-        assert_eq!(f[1].payload, b"producer");
-        assert!(fields(&m[..m.len() - 1]).is_none(), "a cut message");
-        assert!(embedder_with_head(b"\x08", &[0.0; 4], &[0.0; 2], 2).is_err(), "no graph");
-    }
-}
-
 /// Files of the export, in the head's folder.
 pub const ONNX_FILE: &str = "embedder+head.onnx";
 pub const CARD_FILE: &str = "embedder+head.toml";
@@ -248,4 +228,24 @@ pub fn write_onnx(head: &super::Head, id: &str, threshold: f32, models_dir: &std
     let text = format!("# The embedder `{}` followed by the head `{id}`, as one ONNX model.\n{}", parent.id, toml::to_string_pretty(&card).unwrap_or_default());
     std::fs::write(&path, text).map_err(|e| file_err(&path, e))?;
     Ok(onnx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_round_trip_and_a_broken_message_is_refused() {
+        let mut m = Vec::new();
+        int_field(&mut m, 1, 8);
+        bytes_field(&mut m, 2, b"producer");
+        key(&mut m, 3, 5);
+        m.extend_from_slice(&1.5f32.to_le_bytes());
+        let f = fields(&m).unwrap();
+        assert_eq!(f.iter().map(|f| f.number).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(f.iter().flat_map(|f| f.raw.to_vec()).collect::<Vec<_>>(), m, "copying every field gives the same bytes");
+        assert_eq!(f[1].payload, b"producer");
+        assert!(fields(&m[..m.len() - 1]).is_none(), "a cut message");
+        assert!(embedder_with_head(b"\x08", &[0.0; 4], &[0.0; 2], 2).is_err(), "no graph");
+    }
 }
