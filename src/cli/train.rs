@@ -197,8 +197,7 @@ pub fn cmd_train(cfg: &Config, a: TrainArgs) -> Result<ExitCode> {
         training_seconds: started.elapsed().as_secs_f64(),
     };
     data::write_card(&card, &a.out)?;
-    let onnx = facestream::train::export::write_onnx(&t.head, &card.id, threshold, &models, &a.out)?;
-    tracing::info!(file = %onnx.display(), "the embedder followed by the head, as one ONNX model (card beside it)");
+    facestream::train::export::write_onnx(&t.head, &card.id, threshold, &models, &a.out)?;
     plot_curves(&a.out, &loss_curve, &validation_curve);
     print_summary(&before, &after, &t, threshold, started.elapsed().as_secs_f64(), &a.out);
     print_site_check(&site, &t.head, (before.threshold_at_far_1pct, threshold))?;

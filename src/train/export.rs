@@ -227,6 +227,7 @@ pub fn write_onnx(head: &super::Head, id: &str, threshold: f32, models_dir: &std
     let path = out.join(CARD_FILE);
     let text = format!("# The embedder `{}` followed by the head `{id}`, as one ONNX model.\n{}", parent.id, toml::to_string_pretty(&card).unwrap_or_default());
     std::fs::write(&path, text).map_err(|e| file_err(&path, e))?;
+    tracing::info!(file = %onnx.display(), "the embedder followed by the head, as one ONNX model (card beside it)");
     Ok(onnx)
 }
 
