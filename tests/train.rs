@@ -192,6 +192,17 @@ fn harvested_tracks_train_a_head_mixed_with_labelled_photos() {
     let moved = bare.iter().flatten().zip(want.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(moved > 1e-3, "the trained head is not the identity (moved {moved}), so the match above means something");
 
+    // The embedder re-expressed in candle (the groundwork of fine-tuning): its forward pass gives
+    // ONNX Runtime's embeddings on the same crops, within 1e-4.
+    let models = facestream::infer::locate_models(&Default::default());
+    let graph = facestream::train::graph::Graph::load(&std::fs::read(models.join("faceapi_recognition.onnx")).unwrap(), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(graph.blocks.first().map(String::as_str), Some("conv32_down"));
+    assert_eq!(graph.blocks.last().map(String::as_str), Some("fc"));
+    let ours = graph.embed_crops(&crops, &candle_core::Device::Cpu).unwrap();
+    let worst = ours.iter().flatten().zip(bare.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    eprintln!("candle re-expression vs ONNX Runtime: largest difference {worst:e} over {} blocks", graph.blocks.len());
+    assert!(worst < 1e-4, "the candle forward pass matches ONNX Runtime: {worst}");
+
     // A harvest of another model (or through a head) is refused, naming the file.
     let line = std::fs::read_to_string(harvest.join("harvest.jsonl")).unwrap().replace(&model_id, "another-model");
     std::fs::write(harvest.join("harvest.jsonl"), line).unwrap();

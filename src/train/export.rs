@@ -34,7 +34,7 @@ fn int_field(out: &mut Vec<u8>, field: u32, v: i64) {
     varint(out, v as u64);
 }
 
-fn read_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
+pub(crate) fn read_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
         let byte = *b.get(*pos)?;
@@ -48,14 +48,16 @@ fn read_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
 }
 
 /// One top-level field: its number, wire type and the whole encoded field (key included), plus
-/// the payload of a length-delimited one.
-struct Field<'a> {
-    number: u32,
-    raw: &'a [u8],
-    payload: &'a [u8],
+/// the payload of a length-delimited one, or the value of a varint or 32-bit one.
+pub(crate) struct Field<'a> {
+    pub number: u32,
+    pub wire: u8,
+    pub raw: &'a [u8],
+    pub payload: &'a [u8],
+    pub value: u64,
 }
 
-fn fields(b: &[u8]) -> Option<Vec<Field<'_>>> {
+pub(crate) fn fields(b: &[u8]) -> Option<Vec<Field<'_>>> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < b.len() {
@@ -63,12 +65,14 @@ fn fields(b: &[u8]) -> Option<Vec<Field<'_>>> {
         let k = read_varint(b, &mut pos)?;
         let (number, wire) = ((k >> 3) as u32, (k & 7) as u8);
         let payload_start;
+        let mut value = 0;
         match wire {
             0 => {
-                read_varint(b, &mut pos)?;
+                value = read_varint(b, &mut pos)?;
                 payload_start = pos;
             }
             1 => {
+                value = u64::from_le_bytes(b.get(pos..pos + 8)?.try_into().ok()?);
                 pos += 8;
                 payload_start = pos;
             }
@@ -78,6 +82,7 @@ fn fields(b: &[u8]) -> Option<Vec<Field<'_>>> {
                 pos = pos.checked_add(n)?;
             }
             5 => {
+                value = u32::from_le_bytes(b.get(pos..pos + 4)?.try_into().ok()?) as u64;
                 pos += 4;
                 payload_start = pos;
             }
@@ -87,12 +92,12 @@ fn fields(b: &[u8]) -> Option<Vec<Field<'_>>> {
             return None;
         }
         let payload = if wire == 2 { &b[payload_start..pos] } else { &b[start..start] };
-        out.push(Field { number, raw: &b[start..pos], payload });
+        out.push(Field { number, wire, raw: &b[start..pos], payload, value });
     }
     Some(out)
 }
 
-fn string_of(payload: &[u8], field: u32) -> Option<String> {
+pub(crate) fn string_of(payload: &[u8], field: u32) -> Option<String> {
     fields(payload)?.into_iter().find(|f| f.number == field).map(|f| String::from_utf8_lossy(f.payload).into_owned())
 }
 

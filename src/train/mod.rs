@@ -15,6 +15,7 @@
 
 pub mod data;
 pub mod export;
+pub mod graph;
 
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
