@@ -49,6 +49,24 @@ fn train_head_smoke_on_fixture_photos() {
     let png = std::fs::read(out.join("curves.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "the curves are a PNG");
 
+    // --augment 2: two varied copies of every training photo's face join the training rows.
+    let aug = dir.path().join("head-aug");
+    let run = Command::new(env!("CARGO_BIN_EXE_facestream"))
+        .args(["train", "--head", "--hold-out", "none", "--validation", "0", "--epochs", "2", "--steps", "2", "--p", "3", "--k", "2", "--gallery", "3", "--trials", "1", "--workers", "1", "--augment", "2"])
+        .arg("--data")
+        .arg(&list)
+        .arg("--out")
+        .arg(&aug)
+        .arg("--cache")
+        .arg(dir.path().join("cache.bin"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("--augment 2: 18 varied faces of 9 training photos"), "{stderr}");
+    let card_aug: toml::Value = toml::from_str(&std::fs::read_to_string(aug.join("head.toml")).unwrap()).unwrap();
+    assert_eq!(card_aug["train_photos"].as_integer(), Some(27), "the photos and their copies");
+
     // `run`, `compare` and the rest take the head through embed.head: the head's threshold and
     // model id are used.
     let cfg = dir.path().join("with-head.toml");

@@ -28,6 +28,10 @@ pub struct TrainArgs {
     /// (unless they were on one camera at the same time); 0 keeps every track alone.
     #[arg(long, default_value_t = 0.35)]
     pub link: f32,
+    /// Varied copies of each training photo's face (mirrored, shifted, lighter or darker, more or
+    /// less contrast, blurred), embedded once; 0: none. Validation and held-out faces never are.
+    #[arg(long, default_value_t = 0)]
+    pub augment: usize,
     /// Folder for head.safetensors, head.toml (the model card) and curves.png.
     #[arg(long, default_value = "head")]
     pub out: PathBuf,
@@ -107,12 +111,10 @@ pub fn cmd_train(cfg: &Config, a: TrainArgs) -> Result<ExitCode> {
     let settings = settings(&a)?;
     let started = std::time::Instant::now();
     let embed = embed_args(&a);
-    let (e, site) = training_data(cfg, &a, &embed)?;
+    let (e, site, labelled) = training_data(cfg, &a, &embed)?;
     let dim = e.samples.first().map(|s| s.1.len()).context("no photo with a usable face")?;
     let (train_people, val_people, held_people) = split(&e.names, &a);
-    // Training rows renumbered densely; validation and held-out rows keep their identity index.
-    let train_set: std::collections::HashSet<u32> = train_people.iter().copied().collect();
-    let train: Vec<(u32, Vec<f32>)> = e.samples.iter().filter(|s| train_set.contains(&s.0)).cloned().collect();
+    let train = train_rows(cfg, &a, &e, &labelled, &train_people)?;
     eprintln!(
         "{} identities: {} train ({} photos), {} validation, {} held out (never trained on; the report split of `eval --open-set`, seed {})",
         e.names.len(),
@@ -206,12 +208,13 @@ pub fn cmd_train(cfg: &Config, a: TrainArgs) -> Result<ExitCode> {
 
 /// The faces of every `--data` set, identities merged by name: labelled photos are embedded
 /// (cached), harvests were embedded while they were taken.
-fn training_data(cfg: &Config, a: &TrainArgs, embed: &super::eval::OpenSetArgs) -> Result<(super::eval::Embedded, facestream::harvest::Identities)> {
+fn training_data(cfg: &Config, a: &TrainArgs, embed: &super::eval::OpenSetArgs) -> Result<(super::eval::Embedded, facestream::harvest::Identities, Vec<facestream::dataset::Labelled>)> {
     let card = facestream::infer::locate_models(&cfg.infer).join(format!("{}.toml", facestream::embed::CARD));
     let model_id = facestream::infer::ModelCard::read(&card).with_context(|| format!("{}: the embedder's model card (run `make setup`)", card.display()))?.id;
     let mut all = super::eval::Embedded { names: Vec::new(), samples: Vec::new(), failed: 0 };
     let mut index: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
     let mut site = Vec::new();
+    let mut labelled = Vec::new();
     for d in &a.data {
         let (names, samples): (Vec<String>, Vec<(u32, Vec<f32>)>) = if facestream::harvest::is_harvest(d) {
             let tracks = facestream::harvest::read(d, &model_id)?;
@@ -227,6 +230,7 @@ fn training_data(cfg: &Config, a: &TrainArgs, embed: &super::eval::OpenSetArgs) 
                 bail!("{}: no usable face in this set (a folder needs one sub-folder per person; an identities file `path<TAB>identity` lines)", d.display());
             }
             all.failed += e.failed;
+            labelled.extend(facestream::dataset::read(d)?);
             (e.names, e.samples)
         };
         for (id, v) in samples {
@@ -238,7 +242,25 @@ fn training_data(cfg: &Config, a: &TrainArgs, embed: &super::eval::OpenSetArgs) 
             all.samples.push((k, v));
         }
     }
-    Ok((all, site))
+    Ok((all, site, labelled))
+}
+
+/// The training rows (validation and held-out rows keep their identity index), with
+/// `--augment` varied copies of each training photo.
+fn train_rows(cfg: &Config, a: &TrainArgs, e: &super::eval::Embedded, labelled: &[facestream::dataset::Labelled], train_people: &[u32]) -> Result<Vec<(u32, Vec<f32>)>> {
+    let train_set: std::collections::HashSet<u32> = train_people.iter().copied().collect();
+    let mut train: Vec<(u32, Vec<f32>)> = e.samples.iter().filter(|s| train_set.contains(&s.0)).cloned().collect();
+    if a.augment == 0 {
+        return Ok(train);
+    }
+    let index: std::collections::HashMap<&str, u32> = e.names.iter().enumerate().map(|(i, n)| (n.as_str(), i as u32)).collect();
+    let photos: Vec<(u32, PathBuf)> = labelled.iter().filter_map(|l| index.get(l.identity.as_str()).filter(|i| train_set.contains(i)).map(|&i| (i, l.path.clone()))).collect();
+    let bar = indicatif::ProgressBar::new(photos.len() as u64);
+    let extra = facestream::eval::embedded::augmented_set(cfg, &photos, a.augment, a.seed, facestream::eval::embedded::Pick::Centre, a.workers, &|done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    eprintln!("--augment {}: {} varied faces of {} training photos added (mirrored, shifted, lighter or darker, blurred)", a.augment, extra.len(), photos.len());
+    train.extend(extra);
+    Ok(train)
 }
 
 /// The site's own people (the harvests' identities) enrolled from one frame, before and after.

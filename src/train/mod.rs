@@ -13,6 +13,7 @@
 //!   it gives back the embedder's own vectors; early stopping on the validation identities' DIR
 //!   at FAR 1%.
 
+pub mod augment;
 pub mod data;
 pub mod export;
 pub mod graph;

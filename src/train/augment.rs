@@ -1,0 +1,104 @@
+//! Augmentation of aligned face crops for training (`train --augment N`): each training photo's
+//! crop is varied N times, as the pipeline could see the same face: mirrored, shifted by a few
+//! pixels, lighter or darker, with more or less contrast, slightly blurred. Seeded: the same seed
+//! gives the same crops. Only training identities are augmented; validation and held-out figures
+//! are always on the photos as they are.
+
+use super::Rng;
+use crate::embed::align::{CROP_BYTES, CROP_SIDE};
+
+/// A uniform value in [lo, hi).
+fn uniform(rng: &mut Rng, lo: f32, hi: f32) -> f32 {
+    lo + (hi - lo) * ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
+}
+
+/// The largest shift in pixels (of 150).
+pub const MAX_SHIFT: i32 = 4;
+
+/// One augmented copy of a packed RGB crop (150x150).
+pub fn augment(crop: &[u8], rng: &mut Rng) -> Vec<u8> {
+    debug_assert_eq!(crop.len(), CROP_BYTES);
+    let side = CROP_SIDE as i32;
+    let flip = rng.below(2) == 1;
+    let (dx, dy) = (rng.below(2 * MAX_SHIFT as usize + 1) as i32 - MAX_SHIFT, rng.below(2 * MAX_SHIFT as usize + 1) as i32 - MAX_SHIFT);
+    let gain = uniform(rng, 0.85, 1.15);
+    let offset = uniform(rng, -12.0, 12.0);
+    let contrast = uniform(rng, 0.85, 1.15);
+    let blur = rng.below(10) < 3;
+    let mean = crop.iter().map(|&v| v as f32).sum::<f32>() / crop.len().max(1) as f32;
+    // Geometry first (flip, shift with the edge repeated), then the colour, then the blur.
+    let mut out = vec![0u8; CROP_BYTES];
+    for y in 0..side {
+        for x in 0..side {
+            let sx = if flip { side - 1 - x } else { x } - dx;
+            let (sx, sy) = (sx.clamp(0, side - 1), (y - dy).clamp(0, side - 1));
+            for c in 0..3 {
+                let v = crop[((sy * side + sx) * 3 + c) as usize] as f32;
+                let v = (v - mean) * contrast + mean;
+                out[((y * side + x) * 3 + c) as usize] = (v * gain + offset).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    if blur {
+        out = box_blur(&out);
+    }
+    out
+}
+
+/// A 3x3 box blur (edges repeated).
+fn box_blur(img: &[u8]) -> Vec<u8> {
+    let side = CROP_SIDE as i32;
+    let mut out = vec![0u8; img.len()];
+    for y in 0..side {
+        for x in 0..side {
+            for c in 0..3 {
+                let mut sum = 0u32;
+                for oy in -1..=1 {
+                    for ox in -1..=1 {
+                        let (sx, sy) = ((x + ox).clamp(0, side - 1), (y + oy).clamp(0, side - 1));
+                        sum += img[((sy * side + sx) * 3 + c) as usize] as u32;
+                    }
+                }
+                out[((y * side + x) * 3 + c) as usize] = ((sum + 4) / 9) as u8;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn face() -> Vec<u8> {
+        (0..CROP_BYTES).map(|i| ((i / 3 % CROP_SIDE) * 255 / CROP_SIDE) as u8 ^ ((i / 3 / CROP_SIDE) as u8 & 0x10)).collect()
+    }
+
+    #[test]
+    fn augmented_crops_keep_their_size_vary_and_repeat_with_the_seed() {
+        let crop = face();
+        let a: Vec<Vec<u8>> = {
+            let mut rng = Rng::new(7);
+            (0..8).map(|_| augment(&crop, &mut rng)).collect()
+        };
+        let b: Vec<Vec<u8>> = {
+            let mut rng = Rng::new(7);
+            (0..8).map(|_| augment(&crop, &mut rng)).collect()
+        };
+        assert_eq!(a, b, "the same seed, the same crops");
+        assert!(a.iter().all(|x| x.len() == CROP_BYTES));
+        assert!(a.iter().all(|x| x != &crop), "every copy differs from the photo");
+        assert!(a.windows(2).any(|w| w[0] != w[1]));
+        // Changes stay small: the mean absolute difference is a fraction of the range.
+        for x in &a {
+            let mad = x.iter().zip(&crop).map(|(p, q)| (*p as f32 - *q as f32).abs()).sum::<f32>() / CROP_BYTES as f32;
+            assert!(mad < 150.0, "{mad}");
+        }
+    }
+
+    #[test]
+    fn a_blur_of_a_flat_image_is_the_image() {
+        let flat = vec![90u8; CROP_BYTES];
+        assert_eq!(box_blur(&flat), flat);
+    }
+}
