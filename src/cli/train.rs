@@ -256,7 +256,7 @@ fn train_rows(cfg: &Config, a: &TrainArgs, e: &super::eval::Embedded, labelled: 
     let index: std::collections::HashMap<&str, u32> = e.names.iter().enumerate().map(|(i, n)| (n.as_str(), i as u32)).collect();
     let photos: Vec<(u32, PathBuf)> = labelled.iter().filter_map(|l| index.get(l.identity.as_str()).filter(|i| train_set.contains(i)).map(|&i| (i, l.path.clone()))).collect();
     let bar = indicatif::ProgressBar::new(photos.len() as u64);
-    let extra = facestream::eval::embedded::augmented_set(cfg, &photos, a.augment, a.seed, facestream::eval::embedded::Pick::Centre, a.workers, &|done, _| bar.set_position(done as u64))?;
+    let extra = facestream::train::augment::augmented_set(cfg, &photos, a.augment, a.seed, facestream::eval::embedded::Pick::Centre, a.workers, &|done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     eprintln!("--augment {}: {} varied faces of {} training photos added (mirrored, shifted, lighter or darker, blurred)", a.augment, extra.len(), photos.len());
     train.extend(extra);

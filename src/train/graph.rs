@@ -62,8 +62,10 @@ fn bad(why: impl std::fmt::Display) -> TrainError {
     TrainError::Data(format!("the embedder's ONNX graph: {why}"))
 }
 
-/// An initializer as (name, dims, values): float32 (raw or float_data) and int64 ones.
-fn initializer(payload: &[u8]) -> Result<(String, Vec<usize>, Vec<f32>, Vec<i64>), TrainError> {
+/// An initializer: name, dims, float32 values (raw or float_data), int64 values.
+type Initializer = (String, Vec<usize>, Vec<f32>, Vec<i64>);
+
+fn initializer(payload: &[u8]) -> Result<Initializer, TrainError> {
     let fs = fields(payload).ok_or_else(|| bad("a broken initializer"))?;
     let (mut name, mut dims, mut ty, mut raw, mut floats, mut int64s) = (String::new(), Vec::new(), 0, &[][..], Vec::new(), Vec::new());
     for f in &fs {
