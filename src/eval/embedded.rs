@@ -113,6 +113,30 @@ fn write_cache(path: &Path, model: &str, list: &[Labelled], embs: &[Option<Embed
 /// The embedding of each photo's labelled face (`None`: unreadable, or no face found), on
 /// `workers` analyzers; read from `cache` when it holds exactly this list for this model, else
 /// computed and written there. `progress(done, total)` is called as photos finish.
+/// Runs `f(analyzer, i)` for every `i < n`, one analyzer per worker thread, taking the next
+/// index as each finishes; the results in index order.
+pub fn on_workers<T: Clone + Default + Send>(analyzers: &mut [Analyzer], n: usize, progress: &(dyn Fn(usize, usize) + Sync), f: impl Fn(&mut Analyzer, usize) -> T + Sync) -> Vec<T> {
+    let out: Mutex<Vec<T>> = Mutex::new(vec![T::default(); n]);
+    let (next, done) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        for a in analyzers.iter_mut() {
+            let (out, next, done, f) = (&out, &next, &done, &f);
+            s.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let r = f(a, i);
+                    out.lock().unwrap_or_else(|p| p.into_inner())[i] = r;
+                    progress(done.fetch_add(1, Ordering::Relaxed) + 1, n);
+                }
+            });
+        }
+    });
+    out.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
 pub fn embed_set(cfg: &Config, list: &[Labelled], pick: Pick, workers: usize, cache: Option<&Path>, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Option<Embedding>>, EmbedSetError> {
     let mut analyzers = (0..workers.max(1)).map(|_| Analyzer::new(cfg)).collect::<Result<Vec<_>, _>>()?;
     let model = format!("{}{}", analyzers[0].embedder.model_id(), if analyzers[0].flip { "+flip" } else { "" });
@@ -121,24 +145,7 @@ pub fn embed_set(cfg: &Config, list: &[Labelled], pick: Pick, workers: usize, ca
             tracing::info!(cache = %c.display(), photos = list.len(), "embeddings read from the cache");
             return Ok(v);
         }
-    let out: Mutex<Vec<Option<Embedding>>> = Mutex::new(vec![None; list.len()]);
-    let next = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for a in analyzers.iter_mut() {
-            let (out, next, done) = (&out, &next, &done);
-            s.spawn(move || {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(l) = list.get(i) else { break };
-                    let e = embed_one(a, &l.path, pick);
-                    out.lock().unwrap_or_else(|p| p.into_inner())[i] = e;
-                    progress(done.fetch_add(1, Ordering::Relaxed) + 1, list.len());
-                }
-            });
-        }
-    });
-    let out = out.into_inner().unwrap_or_else(|p| p.into_inner());
+    let out = on_workers(&mut analyzers, list.len(), progress, |a, i| embed_one(a, &list[i].path, pick));
     if let Some(c) = cache {
         write_cache(c, &model, list, &out).map_err(|error| EmbedSetError::Cache { path: c.to_path_buf(), error })?;
     }

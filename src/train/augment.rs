@@ -5,14 +5,12 @@
 //! are always on the photos as they are.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::Rng;
 use crate::config::Config;
 use crate::embed::Embedding;
 use crate::embed::align::{CROP_BYTES, CROP_SIDE};
-use crate::eval::embedded::{EmbedSetError, Pick, centre_face};
+use crate::eval::embedded::{EmbedSetError, Pick, centre_face, on_workers};
 use crate::photo::Analyzer;
 
 /// A uniform value in [lo, hi).
@@ -79,34 +77,22 @@ fn box_blur(img: &[u8]) -> Vec<u8> {
 /// on the workers. Photos without a usable face give none. Not cached (training only).
 pub fn augmented_set(cfg: &Config, photos: &[(u32, PathBuf)], copies: usize, seed: u64, pick: Pick, workers: usize, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<(u32, Embedding)>, EmbedSetError> {
     let mut analyzers = (0..workers.max(1)).map(|_| Analyzer::new(cfg)).collect::<Result<Vec<_>, _>>()?;
-    let out: Mutex<Vec<Vec<Embedding>>> = Mutex::new(vec![Vec::new(); photos.len()]);
-    let (next, done) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    std::thread::scope(|s| {
-        for a in analyzers.iter_mut() {
-            let (out, next, done) = (&out, &next, &done);
-            s.spawn(move || {
-                loop {
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((_, path)) = photos.get(k) else { break };
-                    let embs = (|| {
-                        let img = crate::image::load(path).ok()?;
-                        let faces = a.detect(&img).ok()?;
-                        let f = match pick {
-                            Pick::Centre => centre_face(&faces, img.width, img.height)?,
-                            Pick::Confident => crate::photo::primary_face(&faces)?,
-                        };
-                        let crop = a.crop(&img, &faces[f])?;
-                        let mut rng = Rng::new(seed ^ crate::dataset::fnv1a(path.to_string_lossy().as_bytes(), 0));
-                        let batch: Vec<u8> = (0..copies).flat_map(|_| augment(&crop, &mut rng)).collect();
-                        a.embedder.embed_crops(&batch).ok()
-                    })();
-                    out.lock().unwrap_or_else(|p| p.into_inner())[k] = embs.unwrap_or_default();
-                    progress(done.fetch_add(1, Ordering::Relaxed) + 1, photos.len());
-                }
-            });
-        }
+    let out = on_workers(&mut analyzers, photos.len(), progress, |a, k| {
+        let path = &photos[k].1;
+        let embs = (|| {
+            let img = crate::image::load(path).ok()?;
+            let faces = a.detect(&img).ok()?;
+            let f = match pick {
+                Pick::Centre => centre_face(&faces, img.width, img.height)?,
+                Pick::Confident => crate::photo::primary_face(&faces)?,
+            };
+            let crop = a.crop(&img, &faces[f])?;
+            let mut rng = Rng::new(seed ^ crate::dataset::fnv1a(path.to_string_lossy().as_bytes(), 0));
+            let batch: Vec<u8> = (0..copies).flat_map(|_| augment(&crop, &mut rng)).collect();
+            a.embedder.embed_crops(&batch).ok()
+        })();
+        embs.unwrap_or_default()
     });
-    let out = out.into_inner().unwrap_or_else(|p| p.into_inner());
     Ok(photos.iter().zip(out).flat_map(|((id, _), embs)| embs.into_iter().map(move |e| (*id, e))).collect())
 }
 
