@@ -241,6 +241,17 @@ pub fn open_client(url: &str) -> Result<Client, StoreError> {
     blocking(|| cfg.connect(NoTls)).map_err(|e| StoreError::Postgres(format!("cannot connect to {}: {e}", redact(url))))
 }
 
+/// Checks a connection before use and opens a new one when it broke: a connection `idle` for a
+/// while may have lost its server (restarted) without having noticed. True when it was reopened.
+pub fn reopen_if_broken(client: &mut Client, url: &str, idle: bool, what: &str) -> Result<bool, StoreError> {
+    if client.is_closed() || (idle && blocking(|| client.is_valid(Duration::from_secs(2))).is_err()) {
+        *client = open_client(url)?;
+        tracing::info!(database = %redact(url), "{what} database reconnected");
+        return Ok(true);
+    }
+    Ok(false)
+}
+
 /// Applies the migrations this database lacks, under an advisory lock so nodes starting together
 /// apply each step once; returns the versions applied now (empty when already current).
 pub fn migrate(client: &mut Client) -> Result<Vec<i32>, StoreError> {
@@ -289,10 +300,7 @@ impl PgStore {
             // A connection idle for a while may have lost its server (restarted) without having
             // noticed: check before writing rather than retry a write that may have committed.
             let idle = self.last_used.lock().map(|t| t.elapsed() > Duration::from_secs(1)).unwrap_or(true);
-            if guard.is_closed() || (idle && guard.is_valid(Duration::from_secs(2)).is_err()) {
-                *guard = open_client(&self.url)?;
-                tracing::info!(database = %redact(&self.url), "gallery database reconnected");
-            }
+            reopen_if_broken(&mut guard, &self.url, idle, "gallery")?;
             let r = f(&mut guard).map_err(pg_err);
             if let Ok(mut t) = self.last_used.lock() {
                 *t = std::time::Instant::now();

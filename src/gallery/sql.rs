@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::postgres::{blocking, open_client, redact};
+use super::postgres::{blocking, open_client};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -440,10 +440,9 @@ impl PgConn {
     fn ready(&mut self) -> Result<(), DbError> {
         let idle = self.last_used.elapsed() > Duration::from_secs(1);
         self.last_used = Instant::now();
-        if self.client.is_closed() || (idle && blocking(|| self.client.is_valid(Duration::from_secs(2))).is_err()) {
-            self.client = open_client(&self.url)?;
+        if super::postgres::reopen_if_broken(&mut self.client, &self.url, idle, "visitors'")? {
+            // Statements are prepared per connection.
             self.cache.clear();
-            tracing::info!(database = %redact(&self.url), "visitors' database reconnected");
         }
         Ok(())
     }
