@@ -5,6 +5,16 @@
 use std::path::Path;
 use std::process::Command;
 
+/// A tiny `train --head` run on every `data` set (figures on the people trained on: no split).
+fn train_tiny(data: &[&Path], out: &Path, cache: &Path, epochs: &str, steps: &str, extra: &[&str]) -> std::process::Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_facestream"));
+    c.args(["train", "--head", "--hold-out", "none", "--validation", "0", "--epochs", epochs, "--steps", steps, "--p", "3", "--k", "2", "--gallery", "3", "--trials", "1", "--workers", "1"]).args(extra);
+    for d in data {
+        c.arg("--data").arg(d);
+    }
+    c.arg("--out").arg(out).arg("--cache").arg(cache).output().unwrap()
+}
+
 #[test]
 fn train_head_smoke_on_fixture_photos() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -24,16 +34,7 @@ fn train_head_smoke_on_fixture_photos() {
     let list = dir.path().join("identities.tsv");
     std::fs::write(&list, rows.iter().map(|(p, id)| format!("{}\t{id}\n", f(p))).collect::<String>()).unwrap();
     let out = dir.path().join("head");
-    let run = Command::new(env!("CARGO_BIN_EXE_facestream"))
-        .args(["train", "--head", "--hold-out", "none", "--validation", "0", "--epochs", "3", "--steps", "4", "--p", "3", "--k", "2", "--gallery", "3", "--trials", "1", "--workers", "1"])
-        .arg("--data")
-        .arg(&list)
-        .arg("--out")
-        .arg(&out)
-        .arg("--cache")
-        .arg(dir.path().join("cache.bin"))
-        .output()
-        .unwrap();
+    let run = train_tiny(&[&list], &out, &dir.path().join("cache.bin"), "3", "4", &[]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "train failed:\n{stderr}\n{stdout}");
@@ -51,16 +52,7 @@ fn train_head_smoke_on_fixture_photos() {
 
     // --augment 2: two varied copies of every training photo's face join the training rows.
     let aug = dir.path().join("head-aug");
-    let run = Command::new(env!("CARGO_BIN_EXE_facestream"))
-        .args(["train", "--head", "--hold-out", "none", "--validation", "0", "--epochs", "2", "--steps", "2", "--p", "3", "--k", "2", "--gallery", "3", "--trials", "1", "--workers", "1", "--augment", "2"])
-        .arg("--data")
-        .arg(&list)
-        .arg("--out")
-        .arg(&aug)
-        .arg("--cache")
-        .arg(dir.path().join("cache.bin"))
-        .output()
-        .unwrap();
+    let run = train_tiny(&[&list], &aug, &dir.path().join("cache.bin"), "2", "2", &["--augment", "2"]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
     assert!(stderr.contains("--augment 2: 18 varied faces of 9 training photos"), "{stderr}");
@@ -163,18 +155,7 @@ fn harvested_tracks_train_a_head_mixed_with_labelled_photos() {
     let f = |n: &str| root.join("tests/fixtures").join(n).display().to_string();
     std::fs::write(&list, format!("{}\tPaul\n{}\tPaul\n{}\tS001\n{}\tS001\n", f("Paul.jpeg"), f("Paul2.jpeg"), f("meds-aa-S001-01.jpg"), f("meds-aa-S001-02.jpg"))).unwrap();
     let out = dir.path().join("head");
-    let train = Command::new(env!("CARGO_BIN_EXE_facestream"))
-        .args(["train", "--head", "--hold-out", "none", "--validation", "0", "--epochs", "2", "--steps", "3", "--p", "3", "--k", "2", "--gallery", "3", "--trials", "1", "--workers", "1"])
-        .arg("--data")
-        .arg(&harvest)
-        .arg("--data")
-        .arg(&list)
-        .arg("--out")
-        .arg(&out)
-        .arg("--cache")
-        .arg(dir.path().join("cache.bin"))
-        .output()
-        .unwrap();
+    let train = train_tiny(&[&harvest, &list], &out, &dir.path().join("cache.bin"), "2", "3", &[]);
     let stderr = String::from_utf8_lossy(&train.stderr);
     assert!(train.status.success(), "{stderr}");
     assert!(stderr.contains("harvested tracks ->"), "{stderr}");
