@@ -68,8 +68,10 @@ pub struct RunReport {
     pub faces_per_s: f64,
     pub embeddings: u64,
     pub dropped_queue_full: u64,
+    /// Frames a camera shed before conversion because the detectors were behind on it.
+    pub dropped_shed: u64,
     pub dropped_embed_requests: u64,
-    /// Frames dropped because the pipeline was behind / frames received, in percent.
+    /// Frames dropped or shed because the pipeline was behind / frames the cameras offered, in percent.
     pub drop_pct: f64,
     pub capture_to_detect: Percentiles,
     pub capture_to_embed: Percentiles,
@@ -378,7 +380,10 @@ fn report(mode: Mode, n: usize, b: &Snapshot, a: &Snapshot, wall: f64, cpu: f64)
     let stage_sum = |stage: &str| delta_hist(b, a, &format!("{}:{stage}", telemetry::STAGE_SECONDS)).1;
     let embeddings = d(telemetry::EMBEDDINGS, None);
     let stage_cpu = |stage: &str| (a.counter(telemetry::STAGE_CPU_SECONDS, Some(("stage", stage))) - b.counter(telemetry::STAGE_CPU_SECONDS, Some(("stage", stage)))).max(0.0);
-    let drop_pct = if received > 0 { queue_full as f64 * 100.0 / received as f64 } else { 0.0 };
+    // Frames shed before conversion (the camera paced itself down) count as drops too: both are
+    // frames a camera at its cap would have had processed.
+    let shed = d(telemetry::FRAMES_DROPPED, Some(("reason", "shed")));
+    let drop_pct = if received + shed > 0 { (queue_full + shed) as f64 * 100.0 / (received + shed) as f64 } else { 0.0 };
     RunReport {
         mode,
         cameras: n,
@@ -395,6 +400,7 @@ fn report(mode: Mode, n: usize, b: &Snapshot, a: &Snapshot, wall: f64, cpu: f64)
         detect_cpu_ms_per_frame: if processed > 0 { stage_cpu("detect") * 1e3 / processed as f64 } else { 0.0 },
         embed_cpu_ms_per_face: if embeddings > 0 { stage_cpu("embed") * 1e3 / embeddings as f64 } else { 0.0 },
         dropped_queue_full: queue_full,
+        dropped_shed: shed,
         dropped_embed_requests: d(telemetry::EMBED_REQUESTS_DROPPED, None),
         drop_pct,
         capture_to_detect: percentiles(b, a, telemetry::CAPTURE_TO_DETECT_SECONDS),

@@ -164,6 +164,11 @@ impl<T> Tx<T> {
         }
     }
 
+    /// Items the queue holds at most.
+    pub fn capacity(&self) -> usize {
+        self.tx.capacity().unwrap_or(usize::MAX)
+    }
+
     /// Items waiting now.
     pub fn len(&self) -> usize {
         self.tx.len()

@@ -15,7 +15,9 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use serde::Serialize;
 
+pub mod pace;
 pub mod rtsp_server;
+pub mod thin;
 
 pub use config::{CameraConfig, RtspTransport, SourceKind};
 
@@ -166,10 +168,37 @@ pub trait FrameSink: Send + Sync {
     /// real time); otherwise wait (files played as fast as possible lose nothing).
     fn frame(&self, frame: Frame, keep_newest: bool) -> bool;
     fn notice(&self, notice: CameraNotice);
-    /// Frames skipped by the fps cap.
-    fn skipped(&self, _camera: &str) {}
+    /// A frame skipped before it reached the sink, and why.
+    fn skipped(&self, _camera: &str, _why: Skip) {}
+    /// Frames waiting in the camera's queue, and its capacity, for pacing ([`pace`]); None: the
+    /// sink does not queue (tests).
+    fn backlog(&self) -> Option<(usize, usize)> {
+        None
+    }
     /// The stream broke off (a live source is reconnecting): what was tracked so far has ended.
     fn discontinuity(&self) {}
+}
+
+/// Why a frame was skipped before it reached the pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// Over the camera's fps cap, after decoding.
+    FpsCap,
+    /// Over the camera's fps cap, left out before decoding ([`thin`]).
+    FpsCapUndecoded,
+    /// Load shed: the detectors were behind on this camera ([`pace`]).
+    Shed,
+}
+
+impl Skip {
+    /// The `reason` label of `facestream_frames_dropped_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::FpsCap => "fps_cap",
+            Skip::FpsCapUndecoded => "fps_cap_undecoded",
+            Skip::Shed => "shed",
+        }
+    }
 }
 
 /// Why one pipeline run ended.
@@ -207,6 +236,8 @@ pub fn run_camera(cam: CameraConfig, base: &Path, sink: Arc<dyn FrameSink>, stat
     let mut seq: u64 = 0;
     let mut last_streaming: Option<Instant> = None;
     let min_interval = if cam.max_fps > 0.0 { Duration::from_secs_f32(1.0 / cam.max_fps) } else { Duration::ZERO };
+    let verdict = Arc::new(thin::Verdict::default());
+    let pace = Arc::new(pace::Pace::new(min_interval));
     loop {
         if stop.load(Ordering::Relaxed) {
             set_state(CameraState::Stopped, None);
@@ -221,7 +252,8 @@ pub fn run_camera(cam: CameraConfig, base: &Path, sink: Arc<dyn FrameSink>, stat
         // Live sources and files alike: a file that opens but never yields a frame (cut inside its
         // header) would otherwise hang the camera for ever.
         let stall = (cam.stall_timeout_s > 0.0).then(|| Duration::from_secs_f32(cam.stall_timeout_s));
-        let end = run_pipeline(&camera, &line, (keep_newest, stall), (min_interval, cam.decode_threads), &sink, &status, &stop, &mut seq, &mut got_frames, &set_state);
+        let shaping = Shaping { min_interval, decode_threads: cam.decode_threads, verdict: verdict.clone(), pace: keep_newest.then(|| pace.clone()), looping: !live && cam.loop_file };
+        let end = run_pipeline(&camera, &line, (keep_newest, stall), &shaping, &sink, &status, &stop, &mut seq, &mut got_frames, &set_state);
         if got_frames {
             last_streaming = Some(Instant::now());
         }
@@ -343,34 +375,61 @@ pub fn backoff(n: u32, rng: &mut u64) -> Duration {
     Duration::from_secs_f64((base * (0.8 + 0.4 * unit)).min(BACKOFF_MAX.as_secs_f64()))
 }
 
-/// Sets the decoders' threads, and the fps cap before conversion (a pad probe on the
-/// converter's sink pad): a frame that would be dropped is never converted to RGB (past
-/// capacity, converting frames that were then dropped took CPU from detection).
-fn shape_input(pipeline: &gst::Pipeline, camera: &Arc<str>, sink: &Arc<dyn FrameSink>, min_interval: Duration, decode_threads: u32) {
-    // The decoder's threads (libav video decoders have `max-threads`; audio decoders do not).
+/// How a camera's pipeline spends its decoding: the fps cap, the decoders' threads, and whether
+/// unreferenced frames are left out before decoding ([`thin`]).
+struct Shaping {
+    min_interval: Duration,
+    decode_threads: u32,
+    verdict: Arc<thin::Verdict>,
+    /// Sources that drop when behind pace themselves by their queue; files played flat out wait.
+    pace: Option<Arc<pace::Pace>>,
+    /// A file that starts over at its end (`loop_file`).
+    looping: bool,
+}
+
+/// Sets the decoders' threads, thins H.264 before its decoder, and applies the fps cap before
+/// conversion (a pad probe on the converter's sink pad): a frame that would be dropped is never
+/// converted to RGB (past capacity, converting frames that were then dropped took CPU from
+/// detection).
+fn shape_input(pipeline: &gst::Pipeline, camera: &Arc<str>, sink: &Arc<dyn FrameSink>, shaping: &Shaping) {
+    let Shaping { min_interval, decode_threads, .. } = *shaping;
+    let (thin_camera, thin_sink, verdict) = (camera.clone(), sink.clone(), shaping.verdict.clone());
+    // Audio is never used: decodebin stops at the encoded audio instead of decoding it.
+    for e in pipeline.iterate_elements().into_iter().flatten() {
+        if e.factory().is_some_and(|f| matches!(f.name().as_str(), "uridecodebin" | "decodebin")) {
+            e.connect("autoplug-continue", false, |args| {
+                let audio = args.get(2).and_then(|v| v.get::<gst::Caps>().ok()).and_then(|c| c.structure(0).map(|s| s.name().starts_with("audio/")));
+                Some((!audio.unwrap_or(false)).to_value())
+            });
+        }
+    }
     pipeline.connect("deep-element-added", false, move |args| {
-        if let Some(e) = args.get(2).and_then(|v| v.get::<gst::Element>().ok())
-            && e.factory().is_some_and(|f| f.name().starts_with("avdec_"))
-            && e.find_property("max-threads").is_some()
-        {
+        let Some(e) = args.get(2).and_then(|v| v.get::<gst::Element>().ok()) else { return None };
+        let Some(factory) = e.factory() else { return None };
+        // The decoder's threads (libav video decoders have `max-threads`; audio decoders do not).
+        if factory.name().starts_with("avdec_") && e.find_property("max-threads").is_some() {
             e.set_property_from_str("max-threads", &decode_threads.to_string());
+        }
+        if factory.name() == "avdec_h264" && !min_interval.is_zero() {
+            thin::install(&e, &thin_camera, &thin_sink, min_interval, &verdict);
         }
         None
     });
-    if !min_interval.is_zero()
+    if (!min_interval.is_zero() || shaping.pace.is_some())
         && let Some(pad) = pipeline.by_name("convert").and_then(|c| c.static_pad("sink"))
     {
-        let (sink, camera) = (sink.clone(), camera.clone());
+        let (sink, camera, pace) = (sink.clone(), camera.clone(), shaping.pace.clone());
         let last = std::sync::Mutex::new(None::<Duration>);
         pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
             if let Some(pts) = info.buffer().and_then(|b| b.pts()) {
                 let now = Duration::from_nanos(pts.nseconds());
                 let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                let paced = pace.as_ref().map_or(min_interval, |p| p.interval());
                 if let Some(prev) = *last
                     && now >= prev
-                    && now - prev < min_interval.mul_f32(0.9)
+                    && now - prev < paced.mul_f32(0.9)
                 {
-                    sink.skipped(&camera);
+                    sink.skipped(&camera, if now - prev < min_interval.mul_f32(0.9) { Skip::FpsCap } else { Skip::Shed });
                     // Taken and released here, then Handled: returning Drop after the binding
                     // has taken the buffer made GStreamer unref a null pointer (a CRITICAL per
                     // skipped frame on stderr).
@@ -390,7 +449,7 @@ fn run_pipeline(
     camera: &Arc<str>,
     line: &str,
     (live, stall): (bool, Option<Duration>),
-    (min_interval, decode_threads): (Duration, u32),
+    shaping: &Shaping,
     sink: &Arc<dyn FrameSink>,
     status: &Arc<Mutex<CameraStatus>>,
     stop: &AtomicBool,
@@ -411,7 +470,8 @@ fn run_pipeline(
     let Some(bus) = pipeline.bus() else {
         return RunEnd::Error("pipeline has no bus".into());
     };
-    shape_input(&pipeline, camera, sink, min_interval, decode_threads);
+    shape_input(&pipeline, camera, sink, shaping);
+    let min_interval = shaping.min_interval;
     let end = (|| {
         if let Err(e) = pipeline.set_state(gst::State::Playing) {
             // The bus usually holds the real reason (e.g. "could not open resource").
@@ -425,9 +485,24 @@ fn run_pipeline(
                 return RunEnd::Stopped;
             }
             if let Some(end) = drain_bus(&bus, camera) {
+                // A looping file starts over in the same pipeline: rebuilding it (type finding,
+                // demuxer and decoder set-up, teardown) at every pass cost more than the pass's
+                // decoding for a short clip. Tracks end at the jump, as they do at a rebuild.
+                if matches!(end, RunEnd::Eos) && shaping.looping && *got_frames && pipeline.seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT, gst::ClockTime::ZERO).is_ok() {
+                    tracing::info!(camera = %camera, "end of file: looping");
+                    sink.discontinuity();
+                    last_accept = None;
+                    continue;
+                }
                 return end;
             }
             let Some(sample) = appsink.try_pull_sample(gst::ClockTime::from_mseconds(100)) else {
+                // A looping file waits for the EOS on the bus (above), which all sinks agree on;
+                // an appsink at its end answers at once, so the wait must not spin.
+                if appsink.is_eos() && shaping.looping {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
                 if appsink.is_eos() {
                     // A clean EOS may be followed by its bus message; either way the run is over.
                     return bus_error(&bus).map(RunEnd::Error).unwrap_or(RunEnd::Eos);
@@ -452,7 +527,7 @@ fn run_pipeline(
             };
             if let Some(prev) = last_accept
                 && now >= prev && now - prev < min_interval.mul_f32(0.9) {
-                    sink.skipped(camera);
+                    sink.skipped(camera, Skip::FpsCap);
                     continue;
                 }
             let frame = match frame_from_sample(camera, &sample, *seq) {
@@ -476,6 +551,9 @@ fn run_pipeline(
                 s.frames += 1;
             }
             *seq += 1;
+            if let (Some(pace), Some((waiting, capacity))) = (&shaping.pace, sink.backlog()) {
+                pace.observe(waiting, capacity);
+            }
             if !sink.frame(frame, live) {
                 return RunEnd::Stopped;
             }

@@ -182,7 +182,7 @@ impl Metrics {
         Self {
             frames_received: counter(&r, FRAMES_RECEIVED, "Frames delivered by the camera's pipeline (after the fps cap)", &["camera"]),
             frames_processed: counter(&r, FRAMES_PROCESSED, "Frames that went through detection and tracking", &["camera"]),
-            frames_dropped: counter(&r, FRAMES_DROPPED, "Frames not processed, by reason (queue_full: the pipeline was behind; fps_cap: skipped by max_fps)", &["camera", "reason"]),
+            frames_dropped: counter(&r, FRAMES_DROPPED, "Frames not processed, by reason (queue_full: the pipeline was behind; fps_cap: skipped by max_fps after decoding; fps_cap_undecoded: skipped by max_fps before decoding, an unreferenced H.264 frame; shed: skipped before conversion while the detectors were behind on this camera)", &["camera", "reason"]),
             faces_detected: counter(&r, FACES_DETECTED, "Faces found by the detector", &["camera"]),
             detect_frames: counter(&r, DETECT_FRAMES, "Frames detected, by mode (full: the whole cascade; refine: known faces only)", &["camera", "mode"]),
             tracks_started: counter(&r, TRACKS_STARTED, "Confirmed face tracks", &["camera"]),

@@ -12,7 +12,7 @@ use crate::ingest::{CameraConfig, CameraStatus};
 
 use crate::detect::worker::FrameMsg;
 use crate::identify::stage::IdentifyMsg;
-use crate::ingest::{CameraNotice, CameraState, Frame, FrameSink};
+use crate::ingest::{CameraNotice, CameraState, Frame, FrameSink, Skip};
 use crate::queue::{Tx, WhenFull};
 use crate::telemetry::metrics;
 
@@ -74,8 +74,12 @@ impl FrameSink for CameraQueue {
         self.end();
     }
 
-    fn skipped(&self, camera: &str) {
-        metrics().frames_dropped.with_label_values(&[camera, "fps_cap"]).inc();
+    fn skipped(&self, camera: &str, why: Skip) {
+        metrics().frames_dropped.with_label_values(&[camera, why.as_str()]).inc();
+    }
+
+    fn backlog(&self) -> Option<(usize, usize)> {
+        Some((self.tx.len(), self.tx.capacity()))
     }
 }
 

@@ -249,7 +249,7 @@ fn precreate_series(cfg: &Config, sinks: &[Box<dyn EventSink>]) {
         let id = cam.id.as_str();
         m.frames_received.with_label_values(&[id]);
         m.frames_processed.with_label_values(&[id]);
-        for reason in ["queue_full", "fps_cap"] {
+        for reason in ["queue_full", "fps_cap", "fps_cap_undecoded", "shed"] {
             m.frames_dropped.with_label_values(&[id, reason]);
         }
         m.faces_detected.with_label_values(&[id]);
