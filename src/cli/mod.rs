@@ -8,6 +8,7 @@ pub mod gallery;
 pub mod gates;
 pub mod photos;
 pub mod run;
+pub mod finetune;
 pub mod train;
 pub mod visitors;
 

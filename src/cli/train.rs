@@ -14,10 +14,16 @@ use facestream::train::data::{self, Part};
 use facestream::train::{Head, Mining, TrainConfig, train_head};
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["head", "finetune"])))]
 pub struct TrainArgs {
     /// Train a small projection head on the frozen embedder (embeddings computed once, cached).
-    #[arg(long, required = true)]
+    #[arg(long)]
     pub head: bool,
+    /// Fine-tune the embedder's own last N blocks (1: `fc`; 2: `conv256_down_out` and `fc`; ...)
+    /// on labelled photos: the frozen blocks run once per face, the trained ones every step.
+    /// Writes `embedder.onnx` and its card `embedder.toml` to --out; `embed.model` runs it.
+    #[arg(long, value_name = "N")]
+    pub finetune: Option<usize>,
     /// Training faces, repeatable to mix sets: labelled photos (an identities file
     /// `path<TAB>identity`, or a folder with one sub-folder per person: the `eval` format), or a
     /// harvest folder from `run --harvest` (tracks as identities). The same name in two sets is one
@@ -88,7 +94,7 @@ pub struct TrainArgs {
 }
 
 /// The training settings from the arguments, range-checked.
-fn settings(a: &TrainArgs) -> Result<TrainConfig> {
+pub(super) fn settings(a: &TrainArgs) -> Result<TrainConfig> {
     let settings = TrainConfig {
         margin: a.margin,
         p: a.p,
@@ -108,6 +114,9 @@ fn settings(a: &TrainArgs) -> Result<TrainConfig> {
 }
 
 pub fn cmd_train(cfg: &Config, a: TrainArgs) -> Result<ExitCode> {
+    if let Some(blocks) = a.finetune {
+        return super::finetune::cmd_finetune(cfg, &a, blocks);
+    }
     let settings = settings(&a)?;
     let started = std::time::Instant::now();
     let embed = embed_args(&a);
@@ -294,7 +303,7 @@ fn embed_args(a: &TrainArgs) -> super::eval::OpenSetArgs {
 }
 
 /// Training, validation and held-out identities (indices into `names`).
-fn split(names: &[String], a: &TrainArgs) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+pub(super) fn split(names: &[String], a: &TrainArgs) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
     let part: Vec<Part> = names
         .iter()
         .map(|n| match data::part_of(n, a.seed, a.validation) {
@@ -311,7 +320,7 @@ fn split(names: &[String], a: &TrainArgs) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
     (train_people, val_people, held_people)
 }
 
-fn plot_curves(out: &std::path::Path, loss_curve: &[f32], validation_curve: &[f64]) {
+pub(super) fn plot_curves(out: &std::path::Path, loss_curve: &[f32], validation_curve: &[f64]) {
     let plot = out.join("curves.png");
     let loss_series: Vec<(f64, f64)> = loss_curve.iter().enumerate().map(|(i, &l)| ((i + 1) as f64, l as f64)).collect();
     let val_series: Vec<(f64, f64)> = validation_curve.iter().enumerate().map(|(i, &v)| (i as f64, v)).collect();
@@ -337,7 +346,7 @@ fn print_summary(before: &data::Figures, after: &data::Figures, t: &facestream::
 }
 
 /// Ctrl-C sets `flag` (training stops after the batch and keeps the best head).
-fn ctrlc_flag(flag: Arc<AtomicBool>) -> Result<()> {
+pub(super) fn ctrlc_flag(flag: Arc<AtomicBool>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new().name("train-signal".into()).spawn(move || {
         rt.block_on(async {

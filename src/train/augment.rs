@@ -96,6 +96,21 @@ pub fn augmented_set(cfg: &Config, photos: &[(u32, PathBuf)], copies: usize, see
     Ok(photos.iter().zip(out).flat_map(|((id, _), embs)| embs.into_iter().map(move |e| (*id, e))).collect())
 }
 
+/// Each photo's labelled face as an aligned crop (the pipeline's crop), on several workers;
+/// None for a photo without a usable face. For fine-tuning, which trains on pixels.
+pub fn crop_set(cfg: &Config, photos: &[PathBuf], pick: Pick, workers: usize, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Vec<Option<Vec<u8>>>, EmbedSetError> {
+    let mut analyzers = (0..workers.max(1)).map(|_| Analyzer::new(cfg)).collect::<Result<Vec<_>, _>>()?;
+    Ok(on_workers(&mut analyzers, photos.len(), progress, |a, k| {
+        let img = crate::image::load(&photos[k]).ok()?;
+        let faces = a.detect(&img).ok()?;
+        let f = match pick {
+            Pick::Centre => centre_face(&faces, img.width, img.height)?,
+            Pick::Confident => crate::photo::primary_face(&faces)?,
+        };
+        a.crop(&img, &faces[f])
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -200,6 +200,90 @@ pub fn embedder_with_head(model: &[u8], w: &[f32], b: &[f32], dim: usize) -> Res
     Ok(m)
 }
 
+/// The model's bytes with the float initializers named in `weights` given new values (same
+/// names, same shapes); every other field is copied as it is. Refuses a name the graph lacks or
+/// a value count that does not match the initializer's shape.
+pub fn with_weights(model: &[u8], weights: &[(String, Vec<f32>)]) -> Result<Vec<u8>, TrainError> {
+    let bad = |why: String| TrainError::Data(format!("cannot write the fine-tuned weights into the embedder's ONNX file: {why}"));
+    let top = fields(model).ok_or_else(|| bad("not a protobuf message".into()))?;
+    let graph = top.iter().find(|f| f.number == 7).ok_or_else(|| bad("no graph".into()))?;
+    let gfields = fields(graph.payload).ok_or_else(|| bad("the graph is not a protobuf message".into()))?;
+    let mut done = vec![false; weights.len()];
+    let mut g = Vec::new();
+    for f in &gfields {
+        let name = if f.number == 5 { string_of(f.payload, 8) } else { None };
+        let Some(k) = name.as_ref().and_then(|n| weights.iter().position(|w| &w.0 == n)) else {
+            g.extend_from_slice(f.raw);
+            continue;
+        };
+        let dims: Vec<i64> = fields(f.payload).unwrap_or_default().iter().filter(|x| x.number == 1).flat_map(|x| {
+            let mut v = Vec::new();
+            if x.wire == 2 {
+                let mut pos = 0;
+                while let Some(d) = read_varint(x.payload, &mut pos) {
+                    v.push(d as i64);
+                }
+            } else {
+                v.push(x.value as i64);
+            }
+            v
+        }).collect();
+        let count: i64 = dims.iter().product();
+        if count as usize != weights[k].1.len() {
+            return Err(bad(format!("`{}` holds {count} values, the fine-tuned one {}", weights[k].0, weights[k].1.len())));
+        }
+        bytes_field(&mut g, 5, &tensor(&weights[k].0, &dims, &weights[k].1));
+        done[k] = true;
+    }
+    if let Some(k) = done.iter().position(|d| !d) {
+        return Err(bad(format!("the graph has no initializer `{}`", weights[k].0)));
+    }
+    let mut m = Vec::new();
+    for f in &top {
+        if f.number == 7 {
+            bytes_field(&mut m, 7, &g);
+        } else {
+            m.extend_from_slice(f.raw);
+        }
+    }
+    Ok(m)
+}
+
+/// Files of a fine-tuned embedder, in its folder.
+pub const FINETUNED_ONNX: &str = "embedder.onnx";
+pub const FINETUNED_CARD: &str = "embedder.toml";
+
+/// Writes the fine-tuned embedder (the parent's graph with `weights` in place of its own) and its
+/// model card: the parent's card with the new id, file, sha256, threshold and a `[training]`
+/// table. `embed.model` runs it.
+pub fn write_finetuned(weights: &[(String, Vec<f32>)], id: &str, threshold: f32, training: toml::Table, models_dir: &std::path::Path, out: &std::path::Path) -> Result<std::path::PathBuf, TrainError> {
+    use sha2::{Digest, Sha256};
+    let card_path = models_dir.join(format!("{}.toml", crate::embed::CARD));
+    let file_err = |path: &std::path::Path, e: String| TrainError::File { path: path.to_path_buf(), reason: e };
+    let text = std::fs::read_to_string(&card_path).map_err(|e| file_err(&card_path, e.to_string()))?;
+    let mut card: toml::Table = toml::from_str(&text).map_err(|e| file_err(&card_path, e.to_string()))?;
+    let parent = crate::infer::ModelCard::read(&card_path).map_err(|e| TrainError::Data(e.to_string()))?;
+    let src = models_dir.join(&parent.file);
+    let model = std::fs::read(&src).map_err(|e| file_err(&src, e.to_string()))?;
+    let bytes = with_weights(&model, weights)?;
+    let onnx = out.join(FINETUNED_ONNX);
+    std::fs::write(&onnx, &bytes).map_err(|e| file_err(&onnx, e.to_string()))?;
+    card.insert("id".into(), id.into());
+    card.insert("file".into(), FINETUNED_ONNX.into());
+    card.insert("sha256".into(), format!("{:x}", Sha256::digest(&bytes)).into());
+    card.insert("parent_model".into(), parent.id.clone().into());
+    card.insert("training".into(), toml::Value::Table(training));
+    let calibration = card.entry("calibration").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let Some(t) = calibration.as_table_mut() {
+        t.insert("threshold".into(), toml::Value::Float(threshold as f64));
+    }
+    let path = out.join(FINETUNED_CARD);
+    let text = format!("# `{}` with its last blocks fine-tuned by `facestream train --finetune` as `{id}`.\n{}", parent.id, toml::to_string_pretty(&card).unwrap_or_default());
+    std::fs::write(&path, text).map_err(|e| file_err(&path, e.to_string()))?;
+    tracing::info!(file = %onnx.display(), "the fine-tuned embedder (card beside it)");
+    Ok(onnx)
+}
+
 /// Files of the export, in the head's folder.
 pub const ONNX_FILE: &str = "embedder+head.onnx";
 pub const CARD_FILE: &str = "embedder+head.toml";

@@ -207,65 +207,143 @@ impl Graph {
 
     /// The descriptor of a batch of aligned crops `[N, 150, 150, 3]`, raw pixel values.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TrainError> {
+        self.tail(&self.frozen(x)?)
+    }
+
+    /// Whether each node depends on a trained weight (directly or through its inputs).
+    fn trained_nodes(&self) -> Vec<bool> {
+        let mut made_by_trained: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        self.nodes
+            .iter()
+            .map(|n| {
+                let t = n.inputs.iter().any(|i| matches!(self.weights.get(i), Some(Weight::Trained(_))) || made_by_trained.contains(i.as_str()));
+                if t {
+                    made_by_trained.insert(n.output.as_str());
+                }
+                t
+            })
+            .collect()
+    }
+
+    /// The values the trained part reads from the frozen part (or the graph's input), in graph
+    /// order: what fine-tuning computes once per crop and keeps. With nothing trained: the output.
+    pub fn boundary(&self) -> Vec<String> {
+        let trained = self.trained_nodes();
+        if !trained.iter().any(|&t| t) {
+            return vec![self.output.clone()];
+        }
+        let frozen_out: std::collections::HashSet<&str> = self.nodes.iter().zip(&trained).filter(|(_, t)| !**t).map(|(n, _)| n.output.as_str()).collect();
+        let mut out: Vec<String> = Vec::new();
+        for (n, _) in self.nodes.iter().zip(&trained).filter(|(_, t)| **t) {
+            for i in &n.inputs {
+                if (frozen_out.contains(i.as_str()) || *i == self.input) && !out.contains(i) {
+                    out.push(i.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs the frozen part on a batch of crops: the [`Graph::boundary`] values.
+    pub fn frozen(&self, x: &Tensor) -> Result<Vec<Tensor>, TrainError> {
+        let trained = self.trained_nodes();
         let mut values: HashMap<&str, Tensor> = HashMap::new();
         values.insert(self.input.as_str(), x.clone());
-        for n in &self.nodes {
-            let get = |k: usize| -> Result<Tensor, TrainError> {
-                let name = n.inputs.get(k).ok_or_else(|| bad(format!("{} {}: input {k} missing", n.op, n.output)))?;
-                values.get(name.as_str()).cloned().or_else(|| self.weights.get(name).map(|w| w.tensor().clone())).ok_or_else(|| bad(format!("{} {}: no value `{name}`", n.op, n.output)))
-            };
-            let y = match n.op.as_str() {
-                "Sub" => get(0)?.broadcast_sub(&get(1)?)?,
-                "Div" => get(0)?.broadcast_div(&get(1)?)?,
-                "Add" => get(0)?.broadcast_add(&get(1)?)?,
-                "Relu" => get(0)?.relu()?,
-                "MatMul" => get(0)?.matmul(&get(1)?)?,
-                "Flatten" => get(0)?.flatten_from(n.int("axis").unwrap_or(1) as usize)?,
-                "GlobalAveragePool" => get(0)?.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?,
-                "Transpose" => {
-                    let p: Vec<usize> = n.ints("perm").ok_or_else(|| bad("Transpose without perm"))?.iter().map(|&v| v as usize).collect();
-                    get(0)?.permute(p)?.contiguous()?
-                }
-                "Conv" => {
-                    let pads = n.ints("pads").unwrap_or_else(|| vec![0; 4]);
-                    let strides = n.ints("strides").unwrap_or_else(|| vec![1, 1]);
-                    if pads.iter().any(|&p| p != pads[0]) || strides[0] != strides[1] {
-                        return Err(bad(format!("Conv {}: uneven pads {pads:?} or strides {strides:?}", n.output)));
-                    }
-                    let w = get(1)?;
-                    let y = get(0)?.conv2d(&w, pads[0] as usize, strides[0] as usize, 1, 1)?;
-                    match n.inputs.get(2) {
-                        Some(_) => y.broadcast_add(&get(2)?.reshape((1, w.dim(0)?, 1, 1))?)?,
-                        None => y,
-                    }
-                }
-                "MaxPool" | "AveragePool" => {
-                    let k = n.ints("kernel_shape").ok_or_else(|| bad("pool without kernel_shape"))?;
-                    let s = n.ints("strides").unwrap_or_else(|| k.clone());
-                    if n.ints("pads").is_some_and(|p| p.iter().any(|&v| v != 0)) {
-                        return Err(bad(format!("{} {}: padded pooling", n.op, n.output)));
-                    }
-                    let (k, s) = ((k[0] as usize, k[1] as usize), (s[0] as usize, s[1] as usize));
-                    if n.op == "MaxPool" { get(0)?.max_pool2d_with_stride(k, s)? } else { get(0)?.avg_pool2d_with_stride(k, s)? }
-                }
-                "Pad" => {
-                    let name = n.inputs.get(1).ok_or_else(|| bad("Pad without pads"))?;
-                    let pads = self.ints.get(name).ok_or_else(|| bad(format!("Pad {}: pads `{name}` is not a constant", n.output)))?;
-                    let mut y = get(0)?;
-                    let rank = y.rank();
-                    for d in 0..rank {
-                        let (b, e) = (pads[d] as usize, pads[d + rank] as usize);
-                        if b + e > 0 {
-                            y = y.pad_with_zeros(d, b, e)?;
-                        }
-                    }
-                    y
-                }
-                other => return Err(bad(format!("operator {other} ({}) is not re-expressed", n.output))),
-            };
+        for (n, _) in self.nodes.iter().zip(&trained).filter(|(_, t)| !**t) {
+            let y = self.eval(n, &values)?;
+            values.insert(n.output.as_str(), y);
+        }
+        self.boundary().iter().map(|b| values.get(b.as_str()).cloned().ok_or_else(|| bad(format!("boundary value `{b}` was not computed")))).collect()
+    }
+
+    /// Runs the trained part from boundary values (as [`Graph::frozen`] gives them): the descriptor.
+    pub fn tail(&self, boundary: &[Tensor]) -> Result<Tensor, TrainError> {
+        let names = self.boundary();
+        let mut values: HashMap<&str, Tensor> = names.iter().map(|s| s.as_str()).zip(boundary.iter().cloned()).collect();
+        let trained = self.trained_nodes();
+        for (n, _) in self.nodes.iter().zip(&trained).filter(|(_, t)| **t) {
+            let y = self.eval(n, &values)?;
             values.insert(n.output.as_str(), y);
         }
         values.remove(self.output.as_str()).ok_or_else(|| bad(format!("output `{}` was not computed", self.output)))
+    }
+
+    /// The trained weights by initializer name, as they are now.
+    pub fn trained_weights(&self) -> Result<Vec<(String, Vec<f32>)>, TrainError> {
+        let mut out: Vec<(String, Vec<f32>)> = Vec::new();
+        for (k, w) in &self.weights {
+            if let Weight::Trained(v) = w {
+                out.push((k.clone(), v.as_tensor().flatten_all()?.to_vec1()?));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Sets trained weights (as [`Graph::trained_weights`] gives them), e.g. back to the best epoch's.
+    pub fn set_trained(&self, saved: &[(String, Vec<f32>)]) -> Result<(), TrainError> {
+        for (k, vals) in saved {
+            if let Some(Weight::Trained(v)) = self.weights.get(k) {
+                v.set(&Tensor::from_vec(vals.clone(), v.as_tensor().shape(), v.device())?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn eval(&self, n: &Node, values: &HashMap<&str, Tensor>) -> Result<Tensor, TrainError> {
+        let get = |k: usize| -> Result<Tensor, TrainError> {
+            let name = n.inputs.get(k).ok_or_else(|| bad(format!("{} {}: input {k} missing", n.op, n.output)))?;
+            values.get(name.as_str()).cloned().or_else(|| self.weights.get(name).map(|w| w.tensor().clone())).ok_or_else(|| bad(format!("{} {}: no value `{name}`", n.op, n.output)))
+        };
+        Ok(match n.op.as_str() {
+            "Sub" => get(0)?.broadcast_sub(&get(1)?)?,
+            "Div" => get(0)?.broadcast_div(&get(1)?)?,
+            "Add" => get(0)?.broadcast_add(&get(1)?)?,
+            "Relu" => get(0)?.relu()?,
+            "MatMul" => get(0)?.matmul(&get(1)?)?,
+            "Flatten" => get(0)?.flatten_from(n.int("axis").unwrap_or(1) as usize)?,
+            "GlobalAveragePool" => get(0)?.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?,
+            "Transpose" => {
+                let p: Vec<usize> = n.ints("perm").ok_or_else(|| bad("Transpose without perm"))?.iter().map(|&v| v as usize).collect();
+                get(0)?.permute(p)?.contiguous()?
+            }
+            "Conv" => {
+                let pads = n.ints("pads").unwrap_or_else(|| vec![0; 4]);
+                let strides = n.ints("strides").unwrap_or_else(|| vec![1, 1]);
+                if pads.iter().any(|&p| p != pads[0]) || strides[0] != strides[1] {
+                    return Err(bad(format!("Conv {}: uneven pads {pads:?} or strides {strides:?}", n.output)));
+                }
+                let w = get(1)?;
+                let y = get(0)?.conv2d(&w, pads[0] as usize, strides[0] as usize, 1, 1)?;
+                match n.inputs.get(2) {
+                    Some(_) => y.broadcast_add(&get(2)?.reshape((1, w.dim(0)?, 1, 1))?)?,
+                    None => y,
+                }
+            }
+            "MaxPool" | "AveragePool" => {
+                let k = n.ints("kernel_shape").ok_or_else(|| bad("pool without kernel_shape"))?;
+                let s = n.ints("strides").unwrap_or_else(|| k.clone());
+                if n.ints("pads").is_some_and(|p| p.iter().any(|&v| v != 0)) {
+                    return Err(bad(format!("{} {}: padded pooling", n.op, n.output)));
+                }
+                let (k, s) = ((k[0] as usize, k[1] as usize), (s[0] as usize, s[1] as usize));
+                if n.op == "MaxPool" { get(0)?.max_pool2d_with_stride(k, s)? } else { get(0)?.avg_pool2d_with_stride(k, s)? }
+            }
+            "Pad" => {
+                let name = n.inputs.get(1).ok_or_else(|| bad("Pad without pads"))?;
+                let pads = self.ints.get(name).ok_or_else(|| bad(format!("Pad {}: pads `{name}` is not a constant", n.output)))?;
+                let mut y = get(0)?;
+                let rank = y.rank();
+                for d in 0..rank {
+                    let (b, e) = (pads[d] as usize, pads[d + rank] as usize);
+                    if b + e > 0 {
+                        y = y.pad_with_zeros(d, b, e)?;
+                    }
+                }
+                y
+            }
+            other => return Err(bad(format!("operator {other} ({}) is not re-expressed", n.output))),
+        })
     }
 
     /// Descriptors of packed RGB crops (150x150), L2-normalised: what the pipeline embeds.

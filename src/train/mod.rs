@@ -16,6 +16,7 @@
 pub mod augment;
 pub mod data;
 pub mod export;
+pub mod finetune;
 pub mod graph;
 
 use candle_core::{D, DType, Device, Tensor, Var};
@@ -232,6 +233,60 @@ pub struct Trained {
     pub stopped_early: bool,
 }
 
+/// What the triplet-loss loop trains: a head over cached embeddings, or the embedder's last
+/// blocks over cached activations ([`finetune`]).
+pub trait Trainable {
+    /// Unit embeddings of the given training rows, differentiable in [`Trainable::vars`].
+    fn forward_rows(&self, rows: &[usize]) -> Result<Tensor, TrainError>;
+    fn vars(&self) -> Vec<Var>;
+    /// A term added to the loss (the head's pull towards the identity); None: nothing.
+    fn regulariser(&self) -> Result<Option<Tensor>, TrainError> {
+        Ok(None)
+    }
+    /// The trained values now, and setting them back (the best epoch's).
+    fn snapshot(&self) -> Result<Vec<Vec<f32>>, TrainError> {
+        self.vars().iter().map(|v| Ok(v.as_tensor().flatten_all()?.to_vec1()?)).collect()
+    }
+    fn restore(&self, saved: &[Vec<f32>]) -> Result<(), TrainError> {
+        for (v, vals) in self.vars().iter().zip(saved) {
+            v.set(&Tensor::from_vec(vals.clone(), v.as_tensor().shape(), v.device())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The loop's result; the model is left at its best epoch's values.
+pub struct Log {
+    pub log: Vec<EpochLog>,
+    pub best_epoch: usize,
+    pub best_validation: f64,
+    pub stopped_early: bool,
+}
+
+struct HeadRows<'a> {
+    head: &'a Head,
+    samples: &'a [(u32, Vec<f32>)],
+    anchor: f64,
+}
+
+impl Trainable for HeadRows<'_> {
+    fn forward_rows(&self, rows: &[usize]) -> Result<Tensor, TrainError> {
+        let flat: Vec<f32> = rows.iter().flat_map(|&r| self.samples[r].1.iter().copied()).collect();
+        self.head.forward(&Tensor::from_vec(flat, (rows.len(), self.head.dim), self.head.w.device())?)
+    }
+    fn vars(&self) -> Vec<Var> {
+        vec![self.head.w.clone(), self.head.b.clone()]
+    }
+    fn regulariser(&self) -> Result<Option<Tensor>, TrainError> {
+        if self.anchor <= 0.0 {
+            return Ok(None);
+        }
+        let eye = Tensor::eye(self.head.dim, DType::F32, self.head.w.device())?;
+        let pull = ((self.head.w.as_tensor() - &eye)?.sqr()?.sum_all()? + self.head.b.as_tensor().sqr()?.sum_all()?)?;
+        Ok(Some((pull * self.anchor)?))
+    }
+}
+
 /// Trains a head on `samples` (identity index, embedding) of the training identities; `validate`
 /// scores a head (higher is better) after every epoch (None: too few validation identities; the
 /// epoch's training loss decides then, lower being better), and `on_best` is called with every new
@@ -247,10 +302,30 @@ pub fn train_head(
     stop: &dyn Fn() -> bool,
     progress: &mut dyn FnMut(usize, usize, usize, f32, f32),
 ) -> Result<Trained, TrainError> {
-    let device = Device::Cpu;
-    let ids = samples.iter().map(|s| s.0).max().map_or(0, |m| m as usize + 1);
+    let head = Head::identity(dim, &Device::Cpu)?;
+    let labels: Vec<u32> = samples.iter().map(|s| s.0).collect();
+    let model = HeadRows { head: &head, samples, anchor: cfg.anchor };
+    let l = train(&model, &labels, cfg, &mut |_| validate(&head), &mut |_, e| on_best(&head, e), stop, progress)?;
+    let (w, b) = head.weights()?;
+    Ok(Trained { head: Head::from_weights(&w, &b, dim, &Device::Cpu)?, log: l.log, best_epoch: l.best_epoch, best_validation: l.best_validation, stopped_early: l.stopped_early })
+}
+
+/// The triplet-loss loop over `model`'s training rows labelled `labels`: P x K batches, online
+/// mining, Adam with a step schedule, validation after every epoch, early stopping; the model
+/// ends at its best epoch's values.
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    model: &dyn Trainable,
+    labels: &[u32],
+    cfg: &TrainConfig,
+    validate: &mut dyn FnMut(&dyn Trainable) -> Result<Option<f64>, TrainError>,
+    on_best: &mut dyn FnMut(&dyn Trainable, &EpochLog) -> Result<(), TrainError>,
+    stop: &dyn Fn() -> bool,
+    progress: &mut dyn FnMut(usize, usize, usize, f32, f32),
+) -> Result<Log, TrainError> {
+    let ids = labels.iter().max().map_or(0, |m| *m as usize + 1);
     let mut by_identity: Vec<Vec<usize>> = vec![Vec::new(); ids];
-    for (row, (id, _)) in samples.iter().enumerate() {
+    for (row, id) in labels.iter().enumerate() {
         by_identity[*id as usize].push(row);
     }
     let usable = by_identity.iter().filter(|v| v.len() >= 2).count();
@@ -259,11 +334,10 @@ pub fn train_head(
     }
     let faces: usize = by_identity.iter().filter(|v| v.len() >= 2).map(|v| v.len().min(cfg.k)).sum();
     let steps = if cfg.steps_per_epoch > 0 { cfg.steps_per_epoch } else { faces.div_ceil((cfg.p * cfg.k).max(1)).max(1) };
-    let head = Head::identity(dim, &device)?;
-    let mut opt = AdamW::new(vec![head.w.clone(), head.b.clone()], ParamsAdamW { lr: cfg.lr, weight_decay: 0.0, ..Default::default() })?;
+    let mut opt = AdamW::new(model.vars(), ParamsAdamW { lr: cfg.lr, weight_decay: 0.0, ..Default::default() })?;
     let mut rng = Rng::new(cfg.seed);
-    let mut best = validate(&head)?.unwrap_or(f64::NEG_INFINITY);
-    let mut best_weights = head.weights()?;
+    let mut best = validate(model)?.unwrap_or(f64::NEG_INFINITY);
+    let mut best_values = model.snapshot()?;
     let mut best_epoch = 0;
     let mut log = vec![EpochLog { epoch: 0, loss: f32::NAN, active: f32::NAN, triplets: 0, validation: best, lr: cfg.lr }];
     let mut since_best = 0;
@@ -279,9 +353,8 @@ pub fn train_head(
             }
             let batch = draw_batch(&by_identity, cfg, &mut rng);
             let labels: Vec<u32> = batch.iter().map(|b| b.0).collect();
-            let flat: Vec<f32> = batch.iter().flat_map(|b| samples[b.1].1.iter().copied()).collect();
-            let x = Tensor::from_vec(flat, (batch.len(), dim), &device)?;
-            let emb = head.forward(&x)?;
+            let rows: Vec<usize> = batch.iter().map(|b| b.1).collect();
+            let emb = model.forward_rows(&rows)?;
             let d = squared_distances(&emb.to_vec2::<f32>()?);
             let t = mine(&labels, &d, cfg.margin, cfg.mining);
             if t.is_empty() {
@@ -292,12 +365,9 @@ pub fn train_head(
             // negative always has one; pairs without a negative in reach count as inactive).
             let pairs = labels.iter().enumerate().map(|(i, l)| labels.iter().enumerate().filter(|(j, m)| *j != i && *m == l).count()).sum::<usize>();
             let active = active * t.len() as f32 / pairs.max(1) as f32;
-            let total = if cfg.anchor > 0.0 {
-                let eye = Tensor::eye(dim, DType::F32, &device)?;
-                let pull = ((head.w.as_tensor() - &eye)?.sqr()?.sum_all()? + head.b.as_tensor().sqr()?.sum_all()?)?;
-                (&loss + (pull * cfg.anchor)?)?
-            } else {
-                loss.clone()
+            let total = match model.regulariser()? {
+                Some(r) => (&loss + r)?,
+                None => loss.clone(),
             };
             opt.backward_step(&total)?;
             let l = loss.to_scalar::<f32>()?;
@@ -308,15 +378,15 @@ pub fn train_head(
             progress(epoch, step + 1, steps, l, active);
         }
         let mean_loss = loss_sum / n.max(1) as f32;
-        let score = validate(&head)?.unwrap_or(-(mean_loss as f64));
+        let score = validate(model)?.unwrap_or(-(mean_loss as f64));
         let entry = EpochLog { epoch, loss: mean_loss, active: active_sum / n.max(1) as f32, triplets, validation: score, lr };
         tracing::info!(epoch, loss = entry.loss, active = entry.active, validation = score, "epoch done");
         if score > best {
             best = score;
             best_epoch = epoch;
-            best_weights = head.weights()?;
+            best_values = model.snapshot()?;
             since_best = 0;
-            on_best(&head, &entry)?;
+            on_best(model, &entry)?;
         } else {
             since_best += 1;
         }
@@ -326,8 +396,8 @@ pub fn train_head(
             break;
         }
     }
-    let head = Head::from_weights(&best_weights.0, &best_weights.1, dim, &device)?;
-    Ok(Trained { head, log, best_epoch, best_validation: best, stopped_early })
+    model.restore(&best_values)?;
+    Ok(Log { log, best_epoch, best_validation: best, stopped_early })
 }
 
 #[cfg(test)]
