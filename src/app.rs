@@ -125,6 +125,7 @@ impl App {
             gallery: cfg.store_spec(),
             people_groups: cfg.gallery.people.iter().map(|p| (p.name.clone(), p.groups.clone())).collect(),
             gallery_size: persons,
+            embed_card: cfg.embed_card(),
         };
         if let Some(gates) = crate::gate::Gates::new(setup)? {
             let observe = gates.observe();
@@ -302,9 +303,8 @@ fn visitors_http(cfg: &Config, gallery: &SharedGallery) -> Option<axum::Router> 
     if !cfg.snapshots.enabled && !cfg.visitors.enabled && !cfg.visits.enabled {
         return None;
     }
-    let models = crate::infer::locate_models(&cfg.infer);
-    let model_id = crate::infer::ModelCard::read(&models.join(format!("{}.toml", crate::embed::CARD))).ok()?.id;
-    let threshold = OperatingPoint::for_card(&cfg.identify, cfg.embed.threshold, &models, 1).ok()?.threshold;
+    let model_id = crate::infer::ModelCard::read(&cfg.embed_card()).ok()?.id;
+    let threshold = OperatingPoint::for_card(&cfg.identify, cfg.embed.threshold, &cfg.embed_card(), 1).ok()?.threshold;
     Some(http::visitors::router(http::visitors::VisitorsHttp {
         places: Arc::new(crate::visitors::ops::places(&cfg.snapshots, &cfg.visits, &cfg.base_dir, &cfg.store_spec(), model_id)),
         gallery: gallery.clone(),

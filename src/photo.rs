@@ -34,7 +34,7 @@ impl Analyzer {
         let rt = Runtime::get(&cfg.infer)?;
         Ok(Self {
             detector: Mtcnn::new(&rt, cfg.detect.clone())?,
-            embedder: Embedder::new(&rt, &cfg.embed)?.with_head(cfg.embed_head().as_deref())?,
+            embedder: Embedder::load(&rt, &cfg.embed, cfg.embed_model().as_deref())?.with_head(cfg.embed_head().as_deref())?,
             rotate: cfg.embed.rotate,
             flip: cfg.embed.flip,
             crops: Vec::new(),

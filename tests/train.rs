@@ -209,3 +209,87 @@ fn harvested_tracks_train_a_head_mixed_with_labelled_photos() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("another-model"), "{}", String::from_utf8_lossy(&refused.stderr));
 }
+
+/// `train --finetune 2` on the tiny fixture set: the embedder's last two blocks re-expressed in
+/// candle give ONNX Runtime's embeddings before any step (through the split into a frozen part
+/// and the trained blocks); the fine-tuned weights go back into an ONNX file with its card; the
+/// saved model reloads through `embed.model` and reproduces the candle graph's embeddings; the
+/// gallery follows it like a head.
+#[test]
+fn finetune_writes_an_onnx_model_that_reloads_and_reproduces_its_embeddings() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let f = |n: &str| root.join("tests/fixtures").join(n);
+    let names = ["meds-aa-S001-01.jpg", "meds-aa-S001-02.jpg", "meds-aa-S001-03.jpg", "Paul.jpeg", "Paul2.jpeg", "meds-af-S419-01.jpg", "meds-af-S419-01_40deg.jpg"];
+    let ids = ["S001", "S001", "S001", "Paul", "Paul", "S419", "S419"];
+    let list = dir.path().join("identities.tsv");
+    std::fs::write(&list, names.iter().zip(ids).map(|(p, id)| format!("{}\t{id}\n", f(p).display())).collect::<String>()).unwrap();
+
+    // The crops the pipeline embeds, and ONNX Runtime's embeddings of them.
+    let cfg = facestream::config::Config::default();
+    let mut analyzer = facestream::photo::Analyzer::new(&cfg).unwrap();
+    let mut crops = Vec::new();
+    for n in names {
+        let img = facestream::image::load(&f(n)).unwrap();
+        let faces = analyzer.detect(&img).unwrap();
+        crops.extend(analyzer.crop(&img, &faces[facestream::photo::primary_face(&faces).unwrap()]).unwrap());
+    }
+    let rt = facestream::infer::Runtime::get(&Default::default()).unwrap();
+    let bare = facestream::embed::Embedder::new(&rt, &Default::default()).unwrap().embed_crops(&crops).unwrap();
+    let models = facestream::infer::locate_models(&Default::default());
+    let cpu = candle_core::Device::Cpu;
+    let mut graph = facestream::train::graph::Graph::load(&std::fs::read(models.join("faceapi_recognition.onnx")).unwrap(), &cpu).unwrap();
+    let vars = graph.train_last(2).unwrap();
+    assert_eq!(vars.len(), 5, "conv256_down_out's two convolutions (weights, biases) and fc's matrix");
+    assert_eq!(graph.boundary().len(), 2, "the block reads its input and the residual branch");
+    let split = graph.embed_crops(&crops, &cpu).unwrap();
+    let worst = split.iter().flatten().zip(bare.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "frozen part + trained blocks = ONNX Runtime before training: {worst}");
+
+    // The command: a few steps at a high rate so the weights surely move.
+    let out = dir.path().join("ft");
+    let run = Command::new(env!("CARGO_BIN_EXE_facestream"))
+        .args(["train", "--finetune", "2", "--hold-out", "none", "--validation", "0", "--epochs", "2", "--steps", "2", "--p", "3", "--k", "2", "--gallery", "2", "--trials", "1", "--workers", "1", "--lr", "1e-3", "--data"])
+        .arg(&list)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}\n{}", String::from_utf8_lossy(&run.stdout));
+    assert!(stderr.contains("fine-tuning the last 2 of 16 blocks (conv256_down_out, fc)"), "{stderr}");
+    let card_file = out.join(facestream::train::export::FINETUNED_CARD);
+    let card = facestream::infer::ModelCard::read(&card_file).unwrap();
+    card.verify_file(&out.join(&card.file)).expect("the card pins the written bytes");
+    assert!(card.id.starts_with("faceapi-recognition-") && card.id.contains("+ft2-"), "{}", card.id);
+    let table: toml::Value = toml::from_str(&std::fs::read_to_string(&card_file).unwrap()).unwrap();
+    assert_eq!(table["parent_model"].as_str(), Some("faceapi-recognition-1.7.15"));
+    assert_eq!(table["training"]["blocks"].as_integer(), Some(2));
+    assert_eq!(table["training"]["train_faces"].as_integer(), Some(7));
+    assert_eq!(table["training"]["loss_curve"].as_array().map(|a| a.len()), Some(2), "{table}");
+    assert!(table["training"]["held_out_after"]["dir_at_far_1pct"].as_float().is_some());
+
+    // Reloaded by ONNX Runtime through embed.model, it gives what the candle graph with the
+    // written weights gives, and no longer the converted model's embeddings.
+    let mut tuned = facestream::embed::Embedder::load(&rt, &Default::default(), Some(&out)).unwrap();
+    assert_eq!(tuned.model_id(), card.id);
+    let ours = tuned.embed_crops(&crops).unwrap();
+    let again = facestream::train::graph::Graph::load(&std::fs::read(out.join(&card.file)).unwrap(), &cpu).unwrap().embed_crops(&crops, &cpu).unwrap();
+    let worst = ours.iter().flatten().zip(again.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "the saved model reproduces its embeddings: {worst}");
+    let moved = ours.iter().flatten().zip(bare.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(moved > 1e-3, "the fine-tuned weights differ from the converted ones (moved {moved})");
+
+    // `compare` with embed.model: the fine-tuned model's id and threshold are used.
+    let config = dir.path().join("tuned.toml");
+    std::fs::write(&config, "[embed]\nmodel = \"ft\"\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_facestream")).arg("--config").arg(&config).arg("compare").arg(f("Paul.jpeg")).arg(f("Paul2.jpeg")).arg("--json").output().unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && log.contains("+ft2-"), "{log}");
+    let said: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!((said["threshold"].as_f64().unwrap() - card.calibration_f32("threshold").unwrap() as f64).abs() < 1e-4, "{said}");
+    std::fs::write(&config, "[embed]\nmodel = \"nowhere\"\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_facestream")).arg("--config").arg(&config).arg("compare").arg(f("Paul.jpeg")).arg(f("Paul2.jpeg")).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("nowhere"), "a missing model folder is named: {err}");
+}

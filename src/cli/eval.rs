@@ -224,13 +224,13 @@ pub fn cmd_open_set(cfg: &Config, identities: &Path, a: &OpenSetArgs, split: &st
 /// split, verified on the report split, written next to the embedder's card.
 pub fn cmd_calibrate(cfg: &Config, identities: &Path, a: &OpenSetArgs, targets: &[f64], out: Option<&Path>) -> Result<ExitCode> {
     use eval::open_set::{Rule, Split, at, pooled, threshold_at_far};
-    use facestream::identify::calibration::{Calibration, Entry, path_for_card};
+    use facestream::identify::calibration::{Calibration, Entry};
     let e = embed_labelled(cfg, identities, a)?;
     let samples: Vec<(u32, &[f32])> = e.samples.iter().map(|(i, v)| (*i, v.as_slice())).collect();
     let (cal_people, rep_people) = (people_of(&e, Split::Calibration, a.seed), people_of(&e, Split::Report, a.seed));
     let analyzer = Analyzer::new(cfg)?;
     let model = analyzer.embedder.model_id().to_string();
-    let path = out.map(Path::to_path_buf).unwrap_or_else(|| path_for_card(&analyzer.embedder.models_dir, facestream::embed::CARD));
+    let path = out.map(Path::to_path_buf).unwrap_or_else(|| facestream::identify::calibration::beside(&analyzer.embedder.card_path));
     let rule = Rule::Margin(cfg.identify.margin);
     // The set by its folder and file name only (no machine paths in a file that may be committed).
     let set_name = identities.components().rev().take(2).collect::<Vec<_>>().into_iter().rev().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect::<Vec<_>>().join("/");
@@ -279,8 +279,7 @@ pub fn cmd_cluster(cfg: &Config, identities: &Path, a: &OpenSetArgs, split: &str
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         items.swap(i, ((z ^ (z >> 31)) % (i as u64 + 1)) as usize);
     }
-    let models_dir = facestream::infer::Runtime::get(&cfg.infer)?.models_dir.clone();
-    let configured = cfg.visitors.params(&cfg.identify, &models_dir)?;
+    let configured = cfg.visitors.params(&cfg.identify, &cfg.embed_card())?;
     let list: Vec<f32> = if thresholds.is_empty() { vec![configured.threshold] } else { thresholds.to_vec() };
     println!("clustering on the {} split (seed {}): {} photos of {} people, one photo = one track; margin {}, merge at {} x threshold", split.as_str(), a.seed, items.len(), people.len(), cfg.visitors.margin, cfg.visitors.merge_ratio);
     println!("{:>9} {:>10} {:>8} {:>9} {:>8} {:>7}", "threshold", "precision", "recall", "clusters", "people", "impure");

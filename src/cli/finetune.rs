@@ -95,7 +95,7 @@ pub fn cmd_finetune(cfg: &Config, a: &TrainArgs, blocks: usize) -> Result<ExitCo
     let interrupted = Arc::new(AtomicBool::new(false));
     let _ = super::train::ctrlc_flag(interrupted.clone());
     let val_gallery = a.gallery.min(val_people.len().saturating_sub(1)).max(2);
-    let model = Blocks { graph: &graph, cached: &cached, index: train_rows.clone(), vars };
+    let model = Blocks::new(&graph, &cached, train_rows.clone(), vars, a.anchor);
     let labels: Vec<u32> = train_rows.iter().map(|&r| ids[r]).collect();
     let mut validate = |_: &dyn facestream::train::Trainable| -> Result<Option<f64>, TrainError> {
         if val_people.len() < 3 {
@@ -152,6 +152,10 @@ struct Training<'a> {
     seconds: f64,
 }
 
+fn settings_lr(a: &TrainArgs) -> f64 {
+    a.lr.unwrap_or(1e-5)
+}
+
 /// Writes `embedder.onnx` (the parent with the trained weights) and `embedder.toml`.
 fn write_model(graph: &Graph, parent: &str, blocks: usize, t: &Training, models: &std::path::Path, a: &TrainArgs) -> Result<PathBuf, TrainError> {
     let weights = graph.trained_weights()?;
@@ -171,7 +175,7 @@ fn write_model(graph: &Graph, parent: &str, blocks: usize, t: &Training, models:
         seed = (a.seed as i64)
         margin = (a.margin as f64)
         batch = (format!("{} identities x {} faces", a.p, a.k))
-        lr = (a.lr)
+        lr = (settings_lr(a))
         mining = (a.mining.clone())
         train_people = (t.people.0 as i64)
         train_faces = (t.faces as i64)

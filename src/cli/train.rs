@@ -58,9 +58,10 @@ pub struct TrainArgs {
     /// Faces per identity in a batch.
     #[arg(long, default_value_t = 4)]
     pub k: usize,
-    /// Adam learning rate (halved at 1/2 and again at 3/4 of the epochs).
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f64,
+    /// Adam learning rate (halved at 1/2 and again at 3/4 of the epochs); default 1e-3 for a
+    /// head, 1e-5 for --finetune (pretrained weights: a head's rate wrecks them in a few steps).
+    #[arg(long)]
+    pub lr: Option<f64>,
     /// semi-hard (FaceNet) or hardest negatives.
     #[arg(long, value_parser = ["semi-hard", "hardest"], default_value = "semi-hard")]
     pub mining: String,
@@ -73,7 +74,8 @@ pub struct TrainArgs {
     /// fewer than a few hundred validation people the choice of epoch is noise).
     #[arg(long, default_value_t = 0.3)]
     pub validation: f64,
-    /// Pull of the head's weights towards the identity (0: none).
+    /// Pull of the trained weights towards where they started (the identity for a head, the
+    /// converted weights for --finetune; 0: none).
     #[arg(long, default_value_t = 0.0)]
     pub anchor: f64,
     /// Epochs without a better validation DIR before stopping.
@@ -99,7 +101,7 @@ pub(super) fn settings(a: &TrainArgs) -> Result<TrainConfig> {
         margin: a.margin,
         p: a.p,
         k: a.k,
-        lr: a.lr,
+        lr: a.lr.unwrap_or(if a.finetune.is_some() { 1e-5 } else { 1e-3 }),
         epochs: a.epochs,
         steps_per_epoch: a.steps,
         mining: if a.mining == "hardest" { Mining::Hardest } else { Mining::SemiHard },
@@ -107,7 +109,7 @@ pub(super) fn settings(a: &TrainArgs) -> Result<TrainConfig> {
         patience: a.patience,
         anchor: a.anchor,
     };
-    if !(0.0..=0.5).contains(&a.validation) || a.p < 2 || a.k < 2 || !(a.margin > 0.0 && a.margin < 4.0) || !(a.lr > 0.0 && a.lr < 1.0) || !(0.0..=100.0).contains(&a.anchor) {
+    if !(0.0..=0.5).contains(&a.validation) || a.p < 2 || a.k < 2 || !(a.margin > 0.0 && a.margin < 4.0) || !(settings.lr > 0.0 && settings.lr < 1.0) || !(0.0..=100.0).contains(&a.anchor) {
         bail!("--validation must be 0..0.5, --p and --k at least 2, --margin in (0, 4), --lr in (0, 1), --anchor in 0..100");
     }
     Ok(settings)
@@ -140,8 +142,7 @@ pub fn cmd_train(cfg: &Config, a: TrainArgs) -> Result<ExitCode> {
         let samples: Vec<(u32, Vec<f32>)> = e.samples.iter().zip(mapped).map(|(s, v)| (s.0, v)).collect();
         Ok(data::figures(&samples, set, gallery, trials, 200_000, a.seed)?)
     };
-    let identity = Head::identity(dim, &candle_core::Device::Cpu)?;
-    let before = figures(&identity, &held_people, a.gallery, a.trials)?;
+    let before = figures(&Head::identity(dim, &candle_core::Device::Cpu)?, &held_people, a.gallery, a.trials)?;
     eprintln!("held out, before: TAR@FAR0.1% {:.4}, DIR@FAR1% {:.4} (gallery {})", before.tar_at_far_01pct, before.dir_at_far_1pct, before.gallery);
 
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -152,7 +153,7 @@ pub fn cmd_train(cfg: &Config, a: TrainArgs) -> Result<ExitCode> {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(indicatif::ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let out = a.out.clone();
+    let out = &a.out;
     if val_people.len() < 3 {
         eprintln!("warning: {} validation identities: too few to judge a head; the training loss picks the epoch", val_people.len());
     }
@@ -163,7 +164,7 @@ pub fn cmd_train(cfg: &Config, a: TrainArgs) -> Result<ExitCode> {
         figures(h, &val_people, val_gallery, a.trials).map(|f| Some(f.dir_at_far_1pct)).map_err(|e| facestream::train::TrainError::Data(e.to_string()))
     };
     let mut on_best = |h: &Head, log: &facestream::train::EpochLog| -> Result<(), facestream::train::TrainError> {
-        data::save_weights(h, &out)?;
+        data::save_weights(h, out)?;
         tracing::info!(epoch = log.epoch, validation = log.validation, "best head so far saved");
         Ok(())
     };

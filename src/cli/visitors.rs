@@ -122,7 +122,7 @@ pub fn cmd_visitors(cfg: &Config, action: VisitorsAction, store: Option<PathBuf>
             if name.trim().is_empty() || name.len() > 200 {
                 bail!("the name must be 1-200 characters");
             }
-            let threshold = facestream::identify::OperatingPoint::for_card(&cfg.identify, cfg.embed.threshold, &facestream::infer::locate_models(&cfg.infer), 1)?.threshold;
+            let threshold = facestream::identify::OperatingPoint::for_card(&cfg.identify, cfg.embed.threshold, &cfg.embed_card(), 1)?.threshold;
             let n = ops::name(&places()?, &visitor, &name, cfg.visitors.enroll_faces, cfg.visitors.min_quality, threshold)?;
             writeln!(out, "{} is now {} (person {}): {} face(s) enrolled", n.visitor, n.person, n.person_id, n.enrolled)?;
             for s in &n.skipped {
@@ -138,7 +138,7 @@ pub fn cmd_visitors(cfg: &Config, action: VisitorsAction, store: Option<PathBuf>
             writeln!(out, "{from} merged into {name}")?;
         }
         VisitorsAction::Reject { track_id } => {
-            let params = cfg.visitors.params(&cfg.identify, &facestream::infer::locate_models(&cfg.infer))?;
+            let params = cfg.visitors.params(&cfg.identify, &cfg.embed_card())?;
             let now = facestream::visitors::millis(SystemTime::now());
             let r = ops::reject(&places()?, &track_id, params, now)?;
             writeln!(out, "track {} was not {}: recorded; now {}; {} gallery sample(s) from it removed", r.track_id, r.person, r.visitor.as_deref().unwrap_or("unknown (its face expired)"), r.samples_removed)?;

@@ -133,6 +133,19 @@ impl Config {
         Ok(cfg)
     }
 
+    /// `embed.model` resolved against the config file's folder.
+    pub fn embed_model(&self) -> Option<PathBuf> {
+        self.embed.model.as_ref().map(|m| if m.is_absolute() { m.clone() } else { self.base_dir.join(m) })
+    }
+
+    /// The embedder's model card file: the fine-tuned one of `embed.model`, or the converted one.
+    pub fn embed_card(&self) -> PathBuf {
+        match self.embed_model() {
+            Some(dir) => dir.join(format!("{}.toml", crate::embed::FINETUNED_CARD)),
+            None => crate::infer::locate_models(&self.infer).join(format!("{}.toml", crate::embed::CARD)),
+        }
+    }
+
     /// `embed.head` resolved against the config file's folder.
     pub fn embed_head(&self) -> Option<PathBuf> {
         self.embed.head.as_ref().map(|h| if h.is_absolute() { h.clone() } else { self.base_dir.join(h) })

@@ -21,11 +21,15 @@ pub struct EmbedConfig {
     /// every embedding goes through it. Embeddings enrolled without it (or with another head)
     /// are refused at start: re-enroll.
     pub head: Option<std::path::PathBuf>,
+    /// A fine-tuned embedder written by `facestream train --finetune` (its folder, relative to
+    /// the config file): embeddings are made by it and stored under its model id. Faces enrolled
+    /// with another embedder are refused at start: `gallery reembed` or re-enroll.
+    pub model: Option<std::path::PathBuf>,
 }
 
 impl Default for EmbedConfig {
     fn default() -> Self {
-        Self { threshold: None, rotate: false, flip: true, flip_tracks: false, head: None }
+        Self { threshold: None, rotate: false, flip: true, flip_tracks: false, head: None, model: None }
     }
 }
 

@@ -16,6 +16,8 @@ use crate::infer::{InferError, Model, Runtime};
 pub const DIM: usize = 128;
 /// Card name of the embedder under `models/`.
 pub const CARD: &str = "faceapi_recognition";
+/// Card name of a fine-tuned embedder in its folder (`embed.model`).
+pub const FINETUNED_CARD: &str = "embedder";
 /// Used when the card has no calibrated threshold.
 pub const FALLBACK_THRESHOLD: f32 = 0.5;
 
@@ -44,15 +46,33 @@ pub struct Embedder {
     pub threshold: f32,
     /// Where the card lives: its open-set calibration (`identify::calibration`) is beside it.
     pub models_dir: std::path::PathBuf,
+    /// The embedder's model card file (the converted one, or `embed.model`'s).
+    pub card_path: std::path::PathBuf,
     /// A trained projection head applied to every embedding (`embed.head`).
     head: Option<head::ProjectionHead>,
 }
 
 impl Embedder {
-    pub fn new(rt: &Runtime, _cfg: &EmbedConfig) -> Result<Self, EmbedError> {
-        let model = rt.load(CARD)?;
+    pub fn new(rt: &Runtime, cfg: &EmbedConfig) -> Result<Self, EmbedError> {
+        Self::load(rt, cfg, None)
+    }
+
+    /// The converted embedder, or the fine-tuned one in `model` (`embed.model`, resolved).
+    pub fn load(rt: &Runtime, _cfg: &EmbedConfig, model: Option<&std::path::Path>) -> Result<Self, EmbedError> {
+        let (dir, card) = match model {
+            Some(dir) => (dir.to_path_buf(), FINETUNED_CARD),
+            None => (rt.models_dir.clone(), CARD),
+        };
+        let model = rt.load_from(&dir, card)?;
+        if model.card.outputs.first().and_then(|o| o.shape.last()) != Some(&(DIM as i64)) {
+            return Err(EmbedError::BadOutput(model.card.outputs.first().map(|o| o.shape.iter().map(|&d| d.max(0) as usize).collect()).unwrap_or_default()));
+        }
+        if dir != rt.models_dir {
+            tracing::info!(model = %dir.display(), id = %model.card.id, "embeddings are made by a fine-tuned embedder (embed.model)");
+        }
         let threshold = model.card.calibration_f32("threshold").unwrap_or(FALLBACK_THRESHOLD);
-        let mut e = Self { model, input: Vec::new(), threshold, models_dir: rt.models_dir.clone(), head: None };
+        let card_path = dir.join(format!("{card}.toml"));
+        let mut e = Self { model, input: Vec::new(), threshold, models_dir: dir, card_path, head: None };
         e.embed_crops(&vec![128u8; CROP_BYTES])?;
         Ok(e)
     }

@@ -146,6 +146,8 @@ pub struct GateSetup<'a> {
     /// Groups of the config's `[[gallery.people]]`.
     pub people_groups: HashMap<String, Vec<String>>,
     pub gallery_size: usize,
+    /// The embedder's model card (`Config::embed_card`): thresholds come from its calibration.
+    pub embed_card: std::path::PathBuf,
 }
 
 /// The groups of persons: the config's `[[gallery.people]]` groups, then the store's metadata
@@ -184,7 +186,7 @@ impl Gates {
     /// gate's FAR target for a gallery of `gallery_size`, the anti-spoofing model when a gate
     /// wants it, the audit log in the gallery store, the command senders.
     pub fn new(setup: GateSetup) -> Result<Option<Self>, GateError> {
-        let GateSetup { gates, log, infer, identify, base_dir, gallery, people_groups, gallery_size } = setup;
+        let GateSetup { gates, log, infer, identify, base_dir, gallery, people_groups, gallery_size, embed_card } = setup;
         if gates.is_empty() {
             return Ok(None);
         }
@@ -196,7 +198,7 @@ impl Gates {
                 Some(t) => t,
                 None => {
                     let icfg = crate::identify::IdentifyConfig { threshold: None, target_far: Some(g.target_far), ..identify.clone() };
-                    crate::identify::OperatingPoint::for_card(&icfg, None, &rt.models_dir, gallery_size)?.threshold
+                    crate::identify::OperatingPoint::for_card(&icfg, None, &embed_card, gallery_size)?.threshold
                 }
             };
             tracing::info!(gate = %g.id, camera = %g.camera, threshold, target_far = g.target_far, votes = g.votes, window_s = g.window_s, liveness = g.liveness.is_some(), "gate ready");

@@ -47,6 +47,11 @@ pub fn path_for_card(models_dir: &Path, card: &str) -> PathBuf {
     models_dir.join(format!("{card}.calibration.json"))
 }
 
+/// The calibration beside a model card file (`x.toml` -> `x.calibration.json`).
+pub fn beside(card_file: &Path) -> PathBuf {
+    card_file.with_extension("calibration.json")
+}
+
 impl Calibration {
     /// Loads a calibration file; `Ok(None)` when there is none.
     pub fn load(path: &Path, running_model: &str) -> Result<Option<Self>, CalibrationError> {

@@ -67,19 +67,19 @@ impl OperatingPoint {
 
     /// Resolves against the embedder's calibration file (if any) for a gallery of `gallery_size`.
     pub fn for_embedder(cfg: &IdentifyConfig, embed_threshold: Option<f32>, embedder: &crate::embed::Embedder, gallery_size: usize) -> Self {
-        Self::for_model(cfg, embed_threshold, &embedder.models_dir, embedder.model_id(), embedder.threshold, gallery_size)
+        Self::for_model(cfg, embed_threshold, &calibration::beside(&embedder.card_path), embedder.model_id(), embedder.threshold, gallery_size)
     }
 
-    /// [`OperatingPoint::for_embedder`] from the embedder's model card alone (no session).
-    pub fn for_card(cfg: &IdentifyConfig, embed_threshold: Option<f32>, models_dir: &std::path::Path, gallery_size: usize) -> Result<Self, crate::infer::InferError> {
-        let card = crate::infer::ModelCard::read(&models_dir.join(format!("{}.toml", crate::embed::CARD)))?;
+    /// [`OperatingPoint::for_embedder`] from the embedder's model card file alone (no session;
+    /// `Config::embed_card` says which card).
+    pub fn for_card(cfg: &IdentifyConfig, embed_threshold: Option<f32>, card_file: &std::path::Path, gallery_size: usize) -> Result<Self, crate::infer::InferError> {
+        let card = crate::infer::ModelCard::read(card_file)?;
         let card_threshold = card.calibration_f32("threshold").unwrap_or(crate::embed::FALLBACK_THRESHOLD);
-        Ok(Self::for_model(cfg, embed_threshold, models_dir, &card.id, card_threshold, gallery_size))
+        Ok(Self::for_model(cfg, embed_threshold, &calibration::beside(card_file), &card.id, card_threshold, gallery_size))
     }
 
-    fn for_model(cfg: &IdentifyConfig, embed_threshold: Option<f32>, models_dir: &std::path::Path, model_id: &str, card_threshold: f32, gallery_size: usize) -> Self {
-        let path = calibration::path_for_card(models_dir, crate::embed::CARD);
-        let cal = match calibration::Calibration::load(&path, model_id) {
+    fn for_model(cfg: &IdentifyConfig, embed_threshold: Option<f32>, path: &std::path::Path, model_id: &str, card_threshold: f32, gallery_size: usize) -> Self {
+        let cal = match calibration::Calibration::load(path, model_id) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "open-set calibration not usable; using the model card's threshold");

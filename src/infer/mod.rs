@@ -99,9 +99,14 @@ impl Runtime {
     /// Opens one session for the model described by `models_dir/<card_name>.toml`, checks the
     /// file's sha256 and its inputs and outputs against the card, and warms it up.
     pub fn load(&self, card_name: &str) -> Result<Model, InferError> {
-        let card_path = self.models_dir.join(format!("{card_name}.toml"));
+        self.load_from(&self.models_dir, card_name)
+    }
+
+    /// Loads the card `card_name` and its model from another folder (a fine-tuned embedder).
+    pub fn load_from(&self, dir: &std::path::Path, card_name: &str) -> Result<Model, InferError> {
+        let card_path = dir.join(format!("{card_name}.toml"));
         let card = ModelCard::read(&card_path)?;
-        let model_path = self.models_dir.join(&card.file);
+        let model_path = dir.join(&card.file);
         card.verify_file(&model_path)?;
         let mut builder = Session::builder(&self.env).map_err(ort_err("session builder"))?;
         builder = builder

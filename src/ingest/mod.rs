@@ -444,6 +444,31 @@ fn shape_input(pipeline: &gst::Pipeline, camera: &Arc<str>, sink: &Arc<dyn Frame
     }
 }
 
+/// Counts a delivered frame; the first one of a run makes the camera `streaming`.
+fn note_frame(camera: &Arc<str>, frame: &Frame, status: &Mutex<CameraStatus>, got_frames: &mut bool, set_state: &dyn Fn(CameraState, Option<String>)) {
+    if !*got_frames {
+        *got_frames = true;
+        tracing::info!(camera = %camera, width = frame.image.width, height = frame.image.height, "streaming");
+        if let Ok(mut s) = status.lock() {
+            s.width = frame.image.width;
+            s.height = frame.image.height;
+        }
+        set_state(CameraState::Streaming, None);
+    }
+    if let Ok(mut s) = status.lock() {
+        s.frames += 1;
+    }
+}
+
+/// The pipeline of a launch line, its appsink `sink` and its bus.
+fn build(line: &str) -> Result<(gst::Pipeline, gst_app::AppSink, gst::Bus), String> {
+    let pipeline = gst::parse::launch(line).map_err(|e| format!("cannot build pipeline: {e}"))?;
+    let pipeline = pipeline.downcast::<gst::Pipeline>().map_err(|_| "launch line did not give a pipeline".to_string())?;
+    let appsink = pipeline.by_name("sink").and_then(|e| e.downcast::<gst_app::AppSink>().ok()).ok_or("pipeline has no appsink named `sink`")?;
+    let bus = pipeline.bus().ok_or("pipeline has no bus")?;
+    Ok((pipeline, appsink, bus))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_pipeline(
     camera: &Arc<str>,
@@ -457,18 +482,9 @@ fn run_pipeline(
     got_frames: &mut bool,
     set_state: &dyn Fn(CameraState, Option<String>),
 ) -> RunEnd {
-    let pipeline = match gst::parse::launch(line) {
-        Ok(p) => p,
-        Err(e) => return RunEnd::Error(format!("cannot build pipeline: {e}")),
-    };
-    let Ok(pipeline) = pipeline.downcast::<gst::Pipeline>() else {
-        return RunEnd::Error("launch line did not give a pipeline".into());
-    };
-    let Some(appsink) = pipeline.by_name("sink").and_then(|e| e.downcast::<gst_app::AppSink>().ok()) else {
-        return RunEnd::Error("pipeline has no appsink named `sink`".into());
-    };
-    let Some(bus) = pipeline.bus() else {
-        return RunEnd::Error("pipeline has no bus".into());
+    let (pipeline, appsink, bus) = match build(line) {
+        Ok(x) => x,
+        Err(e) => return RunEnd::Error(e),
     };
     shape_input(&pipeline, camera, sink, shaping);
     let min_interval = shaping.min_interval;
@@ -538,18 +554,7 @@ fn run_pipeline(
                 }
             };
             last_accept = Some(now);
-            if !*got_frames {
-                *got_frames = true;
-                tracing::info!(camera = %camera, width = frame.image.width, height = frame.image.height, "streaming");
-                if let Ok(mut s) = status.lock() {
-                    s.width = frame.image.width;
-                    s.height = frame.image.height;
-                }
-                set_state(CameraState::Streaming, None);
-            }
-            if let Ok(mut s) = status.lock() {
-                s.frames += 1;
-            }
+            note_frame(camera, &frame, status, got_frames, set_state);
             *seq += 1;
             if let (Some(pace), Some((waiting, capacity))) = (&shaping.pace, sink.backlog()) {
                 pace.observe(waiting, capacity);

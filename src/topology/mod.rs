@@ -137,7 +137,7 @@ pub fn start_with(cfg: &Config, gallery: SharedGallery, extra_sinks: Vec<Box<dyn
     let m = metrics();
     // Load every model first: a missing model must stop us before any camera connects.
     let detectors = (0..cfg.pipeline.detect_workers).map(|_| Mtcnn::new(&rt, cfg.detect.clone())).collect::<Result<Vec<_>, _>>()?;
-    let embedders = (0..cfg.pipeline.embed_workers).map(|_| Embedder::new(&rt, &cfg.embed).and_then(|e| e.with_head(cfg.embed_head().as_deref()))).collect::<Result<Vec<_>, _>>()?;
+    let embedders = (0..cfg.pipeline.embed_workers).map(|_| Embedder::load(&rt, &cfg.embed, cfg.embed_model().as_deref()).and_then(|e| e.with_head(cfg.embed_head().as_deref()))).collect::<Result<Vec<_>, _>>()?;
     let persons = gallery.read().map(|g| g.len()).unwrap_or(0);
     m.gallery_size.set(persons as i64);
     let point = OperatingPoint::for_embedder(&cfg.identify, cfg.embed.threshold, &embedders[0], persons);

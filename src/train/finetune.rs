@@ -61,6 +61,17 @@ pub struct Blocks<'a> {
     /// Training row -> cached row.
     pub index: Vec<usize>,
     pub vars: Vec<Var>,
+    /// Pull towards the converted weights (`anchor * sum |w - w0|^2`, L2-SP); 0: none.
+    pub anchor: f64,
+    /// The converted weights, in the order of `vars`.
+    pub origin: Vec<Tensor>,
+}
+
+impl<'a> Blocks<'a> {
+    pub fn new(graph: &'a Graph, cached: &'a Cached, index: Vec<usize>, vars: Vec<Var>, anchor: f64) -> Self {
+        let origin = vars.iter().map(|v| v.as_tensor().detach()).collect();
+        Blocks { graph, cached, index, vars, anchor, origin }
+    }
 }
 
 impl Trainable for Blocks<'_> {
@@ -71,6 +82,23 @@ impl Trainable for Blocks<'_> {
     }
     fn vars(&self) -> Vec<Var> {
         self.vars.clone()
+    }
+    fn regulariser(&self) -> Result<Option<Tensor>, TrainError> {
+        if self.anchor <= 0.0 {
+            return Ok(None);
+        }
+        let mut sum: Option<Tensor> = None;
+        for (v, o) in self.vars.iter().zip(&self.origin) {
+            let d = (v.as_tensor() - o)?.sqr()?.sum_all()?;
+            sum = Some(match sum {
+                Some(s) => (s + d)?,
+                None => d,
+            });
+        }
+        Ok(match sum {
+            Some(s) => Some((s * self.anchor)?),
+            None => None,
+        })
     }
 }
 

@@ -194,12 +194,12 @@ impl VisitsConfig {
 impl VisitorsConfig {
     /// The clustering parameters: the join threshold from `threshold`, else the embedder's
     /// open-set calibration at `target_far` for a gallery of 1000 (clusters are many).
-    pub fn params(&self, identify: &crate::identify::IdentifyConfig, models_dir: &Path) -> Result<super::cluster::ClusterParams, crate::infer::InferError> {
+    pub fn params(&self, identify: &crate::identify::IdentifyConfig, embed_card: &Path) -> Result<super::cluster::ClusterParams, crate::infer::InferError> {
         let threshold = match self.threshold {
             Some(t) => t,
             None => {
                 let icfg = crate::identify::IdentifyConfig { threshold: None, target_far: Some(self.target_far), ..identify.clone() };
-                crate::identify::OperatingPoint::for_card(&icfg, None, models_dir, 1000)?.threshold
+                crate::identify::OperatingPoint::for_card(&icfg, None, embed_card, 1000)?.threshold
             }
         };
         Ok(self.params_at(threshold))
