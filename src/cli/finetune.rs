@@ -103,18 +103,8 @@ pub fn cmd_finetune(cfg: &Config, a: &TrainArgs, blocks: usize) -> Result<ExitCo
         }
         Ok(Some(figures(&graph, &cached, &ids, &val_people, val_gallery, a)?.dir_at_far_1pct))
     };
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(indicatif::ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut progress = |epoch: usize, step: usize, steps: usize, loss: f32, active: f32| {
-        bar.set_length(steps as u64);
-        bar.set_position(step as u64);
-        bar.set_prefix(epoch.to_string());
-        bar.set_message(format!("loss {loss:.4}, active pairs {:.0}%", active * 100.0));
-        if !tty && step == steps {
-            eprintln!("epoch {epoch}: loss {loss:.4}, active pairs {:.0}%", active * 100.0);
-        }
-    };
+    let bar = super::train::EpochBar::new();
+    let mut progress = |epoch: usize, step: usize, steps: usize, loss: f32, active: f32| bar.update(epoch, step, steps, loss, active);
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create the output folder", a.out.display()))?;
     let write = |t: &Training| -> Result<PathBuf, TrainError> { write_model(&graph, &card.id, blocks, t, &models, a) };
     let mut on_best = |_: &dyn facestream::train::Trainable, log: &facestream::train::EpochLog| -> Result<(), TrainError> {
@@ -124,7 +114,7 @@ pub fn cmd_finetune(cfg: &Config, a: &TrainArgs, blocks: usize) -> Result<ExitCo
     };
     let stop = || interrupted.load(Ordering::SeqCst);
     let t = train(&model, &labels, &settings, &mut validate, &mut on_best, &stop, &mut progress)?;
-    bar.finish_and_clear();
+    bar.0.finish_and_clear();
     if interrupted.load(Ordering::SeqCst) {
         eprintln!("interrupted: keeping the best weights so far (epoch {})", t.best_epoch);
     }

@@ -150,9 +150,7 @@ pub fn cmd_train(cfg: &Config, a: TrainArgs) -> Result<ExitCode> {
         let flag = interrupted.clone();
         let _ = ctrlc_flag(flag);
     }
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(indicatif::ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = super::train::EpochBar::new();
     let out = &a.out;
     if val_people.len() < 3 {
         eprintln!("warning: {} validation identities: too few to judge a head; the training loss picks the epoch", val_people.len());
@@ -169,17 +167,9 @@ pub fn cmd_train(cfg: &Config, a: TrainArgs) -> Result<ExitCode> {
         Ok(())
     };
     let stop = || interrupted.load(Ordering::SeqCst);
-    let mut progress = |epoch: usize, step: usize, steps: usize, loss: f32, active: f32| {
-        bar.set_length(steps as u64);
-        bar.set_position(step as u64);
-        bar.set_prefix(epoch.to_string());
-        bar.set_message(format!("loss {loss:.4}, active pairs {:.0}%", active * 100.0));
-        if !tty && step == steps {
-            eprintln!("epoch {epoch}: loss {loss:.4}, active pairs {:.0}%", active * 100.0);
-        }
-    };
+    let mut progress = |epoch: usize, step: usize, steps: usize, loss: f32, active: f32| bar.update(epoch, step, steps, loss, active);
     let t = train_head(&train, dim, &settings, &mut validate, &mut on_best, &stop, &mut progress)?;
-    bar.finish_and_clear();
+    bar.0.finish_and_clear();
     if interrupted.load(Ordering::SeqCst) {
         eprintln!("interrupted: keeping the best head so far (epoch {})", t.best_epoch);
     }
@@ -344,6 +334,27 @@ fn print_summary(before: &data::Figures, after: &data::Figures, t: &facestream::
         seconds,
         out.display()
     );
+}
+
+/// The epoch progress bar: loss and active pairs per batch; one line per epoch without a terminal.
+pub(super) struct EpochBar(pub indicatif::ProgressBar, bool);
+
+impl EpochBar {
+    pub(super) fn new() -> Self {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(indicatif::ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+        Self(bar, std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    }
+
+    pub(super) fn update(&self, epoch: usize, step: usize, steps: usize, loss: f32, active: f32) {
+        self.0.set_length(steps as u64);
+        self.0.set_position(step as u64);
+        self.0.set_prefix(epoch.to_string());
+        self.0.set_message(format!("loss {loss:.4}, active pairs {:.0}%", active * 100.0));
+        if !self.1 && step == steps {
+            eprintln!("epoch {epoch}: loss {loss:.4}, active pairs {:.0}%", active * 100.0);
+        }
+    }
 }
 
 /// Ctrl-C sets `flag` (training stops after the batch and keeps the best head).

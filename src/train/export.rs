@@ -157,6 +157,19 @@ fn value_info(name: &str, dim: usize) -> Vec<u8> {
     v
 }
 
+/// The model's top-level fields with the graph (field 7) replaced by `g`.
+fn with_graph(top: &[Field], g: &[u8]) -> Vec<u8> {
+    let mut m = Vec::new();
+    for f in top {
+        if f.number == 7 {
+            bytes_field(&mut m, 7, g);
+        } else {
+            m.extend_from_slice(f.raw);
+        }
+    }
+    m
+}
+
 /// The embedder's ONNX bytes with the head `normalise(normalise(x) W^T + b)` appended; `w` is
 /// row-major [dim, dim] (y_r = sum_c w[r][c] x_c + b_r). Returns the new model's bytes.
 pub fn embedder_with_head(model: &[u8], w: &[f32], b: &[f32], dim: usize) -> Result<Vec<u8>, TrainError> {
@@ -189,15 +202,7 @@ pub fn embedder_with_head(model: &[u8], w: &[f32], b: &[f32], dim: usize) -> Res
     bytes_field(&mut g, 5, &tensor("head_w", &[dim as i64, dim as i64], &wt));
     bytes_field(&mut g, 5, &tensor("head_b", &[dim as i64], b));
     bytes_field(&mut g, 12, &value_info(OUTPUT, dim));
-    let mut m = Vec::new();
-    for f in &top {
-        if f.number == 7 {
-            bytes_field(&mut m, 7, &g);
-        } else {
-            m.extend_from_slice(f.raw);
-        }
-    }
-    Ok(m)
+    Ok(with_graph(&top, &g))
 }
 
 /// The model's bytes with the float initializers named in `weights` given new values (same
@@ -238,15 +243,7 @@ pub fn with_weights(model: &[u8], weights: &[(String, Vec<f32>)]) -> Result<Vec<
     if let Some(k) = done.iter().position(|d| !d) {
         return Err(bad(format!("the graph has no initializer `{}`", weights[k].0)));
     }
-    let mut m = Vec::new();
-    for f in &top {
-        if f.number == 7 {
-            bytes_field(&mut m, 7, &g);
-        } else {
-            m.extend_from_slice(f.raw);
-        }
-    }
-    Ok(m)
+    Ok(with_graph(&top, &g))
 }
 
 /// Files of a fine-tuned embedder, in its folder.
