@@ -17,8 +17,11 @@ use facestream::train::{TrainError, train};
 
 use super::train::TrainArgs;
 
+/// Photos by identity index.
+type Photos = Vec<(u32, PathBuf)>;
+
 /// The labelled photos of every `--data` set: identity names and (identity index, path).
-fn photos(a: &TrainArgs) -> Result<(Vec<String>, Vec<(u32, PathBuf)>)> {
+fn photos(a: &TrainArgs) -> Result<(Vec<String>, Photos)> {
     let mut names: Vec<String> = Vec::new();
     let mut out = Vec::new();
     for d in &a.data {

@@ -404,8 +404,8 @@ fn shape_input(pipeline: &gst::Pipeline, camera: &Arc<str>, sink: &Arc<dyn Frame
         }
     }
     pipeline.connect("deep-element-added", false, move |args| {
-        let Some(e) = args.get(2).and_then(|v| v.get::<gst::Element>().ok()) else { return None };
-        let Some(factory) = e.factory() else { return None };
+        let e = args.get(2).and_then(|v| v.get::<gst::Element>().ok())?;
+        let factory = e.factory()?;
         // The decoder's threads (libav video decoders have `max-threads`; audio decoders do not).
         if factory.name().starts_with("avdec_") && e.find_property("max-threads").is_some() {
             e.set_property_from_str("max-threads", &decode_threads.to_string());

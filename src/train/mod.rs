@@ -255,6 +255,9 @@ pub trait Trainable {
     }
 }
 
+/// Scores the model on the validation people (higher is better); None: too few of them.
+pub type Validate<'a> = dyn FnMut(&dyn Trainable) -> Result<Option<f64>, TrainError> + 'a;
+
 /// The loop's result; the model is left at its best epoch's values.
 pub struct Log {
     pub log: Vec<EpochLog>,
@@ -318,7 +321,7 @@ pub fn train(
     model: &dyn Trainable,
     labels: &[u32],
     cfg: &TrainConfig,
-    validate: &mut dyn FnMut(&dyn Trainable) -> Result<Option<f64>, TrainError>,
+    validate: &mut Validate,
     on_best: &mut dyn FnMut(&dyn Trainable, &EpochLog) -> Result<(), TrainError>,
     stop: &dyn Fn() -> bool,
     progress: &mut dyn FnMut(usize, usize, usize, f32, f32),
