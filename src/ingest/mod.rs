@@ -514,8 +514,9 @@ fn run_pipeline(
             }
             let Some(sample) = appsink.try_pull_sample(gst::ClockTime::from_mseconds(100)) else {
                 // A looping file waits for the EOS on the bus (above), which all sinks agree on;
-                // an appsink at its end answers at once, so the wait must not spin.
-                if appsink.is_eos() && shaping.looping {
+                // an appsink at its end answers at once, so the wait must not spin. Should the
+                // message not come, the run ends after 5 s and the camera rebuilds its pipeline.
+                if appsink.is_eos() && shaping.looping && last_sample.elapsed() < Duration::from_secs(5) {
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 }
