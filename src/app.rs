@@ -136,7 +136,7 @@ impl App {
             visitors: &cfg.visitors,
             visits: &cfg.visits,
             identify: &cfg.identify,
-            infer: &cfg.infer,
+            embed_card: cfg.embed_card(),
             base_dir: &cfg.base_dir,
             store: cfg.store_spec(),
             clock_offset: opts.clock_offset,
@@ -282,7 +282,7 @@ fn cluster_start(cfg: &Config, gallery: &SharedGallery, (seq, model_id): (i64, O
     let client = cluster::join(&node)?;
     tracing::info!(node = %node.node, capacity = node.capacity, cameras = leases.cameras.len(), lease_s = cfg.cluster.lease_s, "joined the cluster");
     // The running embedder's id (with its head): only its samples are searchable here.
-    let model_id = model_id.unwrap_or_else(|| crate::infer::ModelCard::read(&crate::infer::locate_models(&cfg.infer).join(format!("{}.toml", crate::embed::CARD))).map(|c| c.id).unwrap_or_default());
+    let model_id = model_id.unwrap_or_else(|| crate::infer::ModelCard::read(&cfg.embed_card()).map(|c| c.id).unwrap_or_default());
     let sync = SyncSetup { database, gallery: gallery.clone(), model_id, from_seq: seq, stop: stop.clone() };
     Ok(Some(ClusterStart { node, client, sync, leases, state }))
 }

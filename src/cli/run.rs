@@ -41,6 +41,9 @@ fn harvester(cfg: &Config, dir: PathBuf) -> Result<facestream::topology::Subscri
     if let Some(head) = &cfg.embed.head {
         anyhow::bail!("--harvest keeps the bare embedder's embeddings for training, but this config runs them through the head {} (embed.head): harvest with a config without it", head.display());
     }
+    if let Some(model) = &cfg.embed.model {
+        anyhow::bail!("--harvest keeps the converted embedder's embeddings for training, but this config embeds with the fine-tuned {} (embed.model): harvest with a config without it", model.display());
+    }
     let card = facestream::infer::locate_models(&cfg.infer).join(format!("{}.toml", facestream::embed::CARD));
     let model_id = facestream::infer::ModelCard::read(&card).with_context(|| format!("{}: the embedder's model card (run `make setup`)", card.display()))?.id;
     let settings = facestream::harvest::HarvestSettings { dir: dir.clone(), min_faces: 3, min_quality: cfg.visitors.min_quality, model_id };

@@ -69,8 +69,7 @@ fn store_spec(cfg: &Config, store: Option<PathBuf>) -> Result<StoreSpec> {
 }
 
 fn model_id(cfg: &Config) -> Result<String> {
-    let dir = facestream::infer::locate_models(&cfg.infer);
-    let card = dir.join(format!("{}.toml", facestream::embed::CARD));
+    let card = cfg.embed_card();
     Ok(facestream::infer::ModelCard::read(&card).with_context(|| format!("{}: the embedder's model card (run `make setup`)", card.display()))?.id)
 }
 

@@ -44,7 +44,9 @@ pub struct VisitorsSetup<'a> {
     pub visitors: &'a VisitorsConfig,
     pub visits: &'a VisitsConfig,
     pub identify: &'a crate::identify::IdentifyConfig,
-    pub infer: &'a crate::infer::InferConfig,
+    /// The embedder's model card file (`Config::embed_card`): its id keys the clusters, its
+    /// calibration gives the clustering threshold.
+    pub embed_card: PathBuf,
     pub base_dir: &'a Path,
     /// The store (its SQLite file, or the cluster's database).
     pub store: crate::gallery::store::StoreSpec,
@@ -83,12 +85,11 @@ pub struct Visitors {
 impl Visitors {
     /// None when snapshots, visitors and visits are all off.
     pub fn new(setup: VisitorsSetup) -> Result<Option<Self>, VisitorsError> {
-        let VisitorsSetup { snapshots, visitors, visits, identify, infer, base_dir, store, clock_offset } = setup;
+        let VisitorsSetup { snapshots, visitors, visits, identify, embed_card, base_dir, store, clock_offset } = setup;
         if !snapshots.enabled && !visitors.enabled && !visits.enabled {
             return Ok(None);
         }
-        let rt = crate::infer::Runtime::get(infer)?;
-        let model_id = crate::infer::ModelCard::read(&rt.models_dir.join(format!("{}.toml", crate::embed::CARD)))?.id;
+        let model_id = crate::infer::ModelCard::read(&embed_card)?.id;
         let store_path = store.path.clone();
         let store = VisitorStore::open_spec(&store)?;
         let snapshots = if snapshots.enabled {
@@ -99,7 +100,7 @@ impl Visitors {
             None
         };
         let clusterer = if visitors.enabled {
-            let params = visitors.params(identify, &rt.models_dir)?;
+            let params = visitors.params(identify, &embed_card)?;
             let clusters = store.clusters(&model_id)?;
             tracing::info!(threshold = params.threshold, merge_threshold = params.merge_threshold, margin = params.margin, visitors = clusters.len(), "visitor clustering ready");
             Some(Clusterer::new(params, clusters))
