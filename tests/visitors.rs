@@ -205,7 +205,7 @@ fn a_rejected_name_is_recorded_and_the_track_becomes_a_visitor() {
     let vs = VisitorStore::open(&store).unwrap();
     let before = report::day(&vs, "today", "UTC", None, &Default::default(), SystemTime::now()).unwrap();
     assert_eq!((before.known_people, before.visitors), (1, 1), "{before:?}");
-    let params = cfg.visitors.params(&cfg.identify, &facestream::infer::locate_models(&cfg.infer)).unwrap();
+    let params = cfg.visitors.params(&cfg.identify, &cfg.embed_card()).unwrap();
     let r = ops::reject(&places(&cfg, &store), track_id, params, facestream::visitors::millis(SystemTime::now())).unwrap();
     assert_eq!(r.person, "signer_B");
     assert!(r.visitor.is_some(), "{r:?}");
