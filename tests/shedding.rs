@@ -78,6 +78,15 @@ fn play(cam: CameraConfig, sink: Counting) -> Arc<Counting> {
 
 #[test]
 fn unreferenced_frames_are_left_out_before_decoding_only_while_the_references_meet_the_cap() {
+    // A frame left out by a pad probe used to make GStreamer unref a null pointer: a CRITICAL on
+    // stderr for every one of them.
+    gstreamer::init().unwrap();
+    let criticals = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = criticals.clone();
+    gstreamer::glib::log_set_handler(Some("GStreamer"), gstreamer::glib::LogLevels::LEVEL_CRITICAL, false, false, move |_, _, msg| {
+        eprintln!("GStreamer-CRITICAL: {msg}");
+        seen.fetch_add(1, Ordering::SeqCst);
+    });
     // Played flat out (nothing dropped for being late): 90 frames, 3 s of stream time.
     let at10 = play(camera("max_fps = 10\nrealtime = false"), Counting::default());
     let (frames, undecoded) = (at10.frames.load(Ordering::SeqCst), at10.undecoded.load(Ordering::SeqCst));
@@ -95,6 +104,7 @@ fn unreferenced_frames_are_left_out_before_decoding_only_while_the_references_me
     assert!((88..=90).contains(&decoded15), "{decoded15}");
     assert_eq!(undecoded, 0, "10 fps of references cannot feed a 15 fps cap: everything is decoded");
     assert!((43..=46).contains(&frames), "15 frames/s over 3 s, got {frames}");
+    assert_eq!(criticals.load(Ordering::SeqCst), 0, "GStreamer reported critical errors");
 }
 
 #[test]

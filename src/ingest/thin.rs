@@ -169,11 +169,17 @@ pub fn install(decoder: &gst::Element, camera: &Arc<str>, sink: &Arc<dyn FrameSi
             }
             return gst::PadProbeReturn::Ok;
         }
-        if verdict.0.load(Ordering::Relaxed) {
-            sink.skipped(&camera, Skip::FpsCapUndecoded);
-            return gst::PadProbeReturn::Drop;
+        if !verdict.0.load(Ordering::Relaxed) {
+            return gst::PadProbeReturn::Ok;
         }
-        gst::PadProbeReturn::Ok
+        sink.skipped(&camera, Skip::FpsCapUndecoded);
+        // Taken and released here, then Handled: the binding has already taken the buffer from
+        // GStreamer, and returning Drop made GStreamer unref a null pointer (a CRITICAL on stderr
+        // per left-out frame).
+        drop(map);
+        drop(st);
+        drop(info.take_buffer());
+        gst::PadProbeReturn::Handled
     });
 }
 
