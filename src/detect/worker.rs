@@ -3,6 +3,7 @@
 //! every `full_every`-th frame of a camera and only refine the known faces between.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,12 +42,15 @@ pub struct CameraInput {
     phase: u64,
     /// Served before the other cameras when several have frames waiting (a gate's camera).
     priority: bool,
+    /// Workers detecting one of this camera's frames now. A second worker taking the camera's
+    /// next frame would mostly wait for the first one's result (`known_since`) with its core idle.
+    busy: AtomicUsize,
 }
 
 impl CameraInput {
     /// The input of one camera; `phase` staggers the cameras' full detections.
     pub fn new(camera: Arc<str>, rx: Receiver<FrameMsg>, phase: u64) -> Self {
-        Self { camera, rx, next_ticket: Mutex::new(0), recent: Mutex::new(Recent::default()), recent_changed: Condvar::new(), phase, priority: false }
+        Self { camera, rx, next_ticket: Mutex::new(0), recent: Mutex::new(Recent::default()), recent_changed: Condvar::new(), phase, priority: false, busy: AtomicUsize::new(0) }
     }
 
     /// Marks the camera as served first (gates: a crowded monitoring setup never delays the door).
@@ -108,19 +112,36 @@ struct Recent {
     boxes: Vec<BBox>,
 }
 
+/// Among the live cameras, one with a frame waiting and no worker on it, at random; None when
+/// there is none (then the worker waits for any camera's frame).
+fn pick_free(inputs: &[CameraInput], alive: &[usize], rng: &mut u64) -> Option<usize> {
+    let free: Vec<usize> = (0..alive.len()).filter(|&k| inputs[alive[k]].busy.load(Ordering::Relaxed) == 0 && !inputs[alive[k]].rx.is_empty()).collect();
+    if free.is_empty() {
+        return None;
+    }
+    // xorshift64: fairness needs no more than an even spread.
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    Some(free[(*rng % free.len() as u64) as usize])
+}
+
 /// One detection worker: takes frames from every camera's queue (random among the ready ones, so
-/// no camera starves the others), runs the full cascade or refines known faces, and hands each
+/// no camera starves the others; first among those no other worker is on), runs the full cascade or refines known faces, and hands each
 /// result on, numbered by its place in its camera's queue.
 pub fn detect_worker(det: &mut Mtcnn, inputs: &[CameraInput], mut out: impl Outlet<Detection>, min_faces: &HashMap<Arc<str>, f32>) {
     let m = metrics();
     let default_min = det.config().min_face;
     let every = u64::from(det.config().full_every.max(1));
     let mut alive: Vec<usize> = (0..inputs.len()).collect();
+    let mut rng = (std::ptr::from_ref(det) as u64) | 1;
     while !alive.is_empty() {
         // Priority cameras (gates) with a frame waiting go first.
         let urgent = alive.iter().position(|&i| inputs[i].priority && !inputs[i].rx.is_empty());
         let k = match urgent {
             Some(k) => k,
+            // A camera with a frame waiting that no other worker is on, at random.
+            None if let Some(k) = pick_free(inputs, &alive, &mut rng) => k,
             None => {
                 let mut sel = Select::new();
                 for &i in &alive {
@@ -148,6 +169,7 @@ pub fn detect_worker(det: &mut Mtcnn, inputs: &[CameraInput], mut out: impl Outl
                 Detection::End { camera, ticket }
             }
             FrameMsg::Frame(frame) => {
+                input.busy.fetch_add(1, Ordering::Relaxed);
                 let started = Instant::now();
                 let cpu = crate::telemetry::thread_cpu_seconds();
                 let min_face = min_faces.get(&frame.camera).copied().unwrap_or(default_min);
@@ -172,6 +194,7 @@ pub fn detect_worker(det: &mut Mtcnn, inputs: &[CameraInput], mut out: impl Outl
                 m.stage_cpu_seconds.with_label_values(&["detect"]).inc_by((crate::telemetry::thread_cpu_seconds() - cpu).max(0.0));
                 m.detect_frames.with_label_values(&[&frame.camera, mode]).inc();
                 input.publish(ticket, faces.iter().map(|f| f.bbox).collect());
+                input.busy.fetch_sub(1, Ordering::Relaxed);
                 m.capture_to_detect.observe(frame.captured_instant.elapsed().as_secs_f64());
                 m.faces_detected.with_label_values(&[&frame.camera]).inc_by(faces.len() as u64);
                 Detection::Detected { frame, faces, ticket }
@@ -180,5 +203,42 @@ pub fn detect_worker(det: &mut Mtcnn, inputs: &[CameraInput], mut out: impl Outl
         if !out.put(result) {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_free_worker_takes_a_waiting_camera_that_no_other_worker_is_on() {
+        let (txs, inputs): (Vec<_>, Vec<_>) = (0..3)
+            .map(|i| {
+                let (tx, rx) = crossbeam_channel::bounded(2);
+                (tx, CameraInput::new(format!("cam{i}").into(), rx, 0))
+            })
+            .unzip();
+        let alive = vec![0, 1, 2];
+        let mut rng = 12345u64;
+        assert_eq!(pick_free(&inputs, &alive, &mut rng), None, "no frame waiting anywhere");
+        for tx in &txs {
+            tx.try_send(FrameMsg::End { camera: "x".into() }).unwrap();
+        }
+        // Cameras 0 and 2 have workers on them: only camera 1 may be picked.
+        inputs[0].busy.fetch_add(1, Ordering::Relaxed);
+        inputs[2].busy.fetch_add(1, Ordering::Relaxed);
+        for _ in 0..20 {
+            assert_eq!(pick_free(&inputs, &alive, &mut rng), Some(1));
+        }
+        // Every camera free: each is picked now and then.
+        inputs[0].busy.fetch_sub(1, Ordering::Relaxed);
+        inputs[2].busy.fetch_sub(1, Ordering::Relaxed);
+        let mut seen = [0; 3];
+        for _ in 0..300 {
+            seen[pick_free(&inputs, &alive, &mut rng).unwrap()] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+        // The index returned is into `alive`, not into `inputs`.
+        assert_eq!(pick_free(&inputs, &[2], &mut rng), Some(0));
     }
 }
