@@ -127,8 +127,8 @@ fn pick_free(inputs: &[CameraInput], alive: &[usize], rng: &mut u64) -> Option<u
 }
 
 /// One detection worker: takes frames from every camera's queue (random among the ready ones, so
-/// no camera starves the others; first among those no other worker is on), runs the full cascade or refines known faces, and hands each
-/// result on, numbered by its place in its camera's queue.
+/// no camera starves the others; first among those no other worker is on), runs the full cascade
+/// or refines known faces, and hands each result on, numbered by its place in its camera's queue.
 pub fn detect_worker(det: &mut Mtcnn, inputs: &[CameraInput], mut out: impl Outlet<Detection>, min_faces: &HashMap<Arc<str>, f32>) {
     let m = metrics();
     let default_min = det.config().min_face;
