@@ -23,20 +23,18 @@ type Photos = Vec<(u32, PathBuf)>;
 /// The labelled photos of every `--data` set: identity names and (identity index, path).
 fn photos(a: &TrainArgs) -> Result<(Vec<String>, Photos)> {
     let mut names: Vec<String> = Vec::new();
+    let mut index: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
     let mut out = Vec::new();
     for d in &a.data {
         if facestream::harvest::is_harvest(d) {
             bail!("{}: a harvest keeps one crop per track; --finetune trains on labelled photos (an identities file or a folder per person); use --head for harvests", d.display());
         }
         for l in facestream::dataset::read(d)? {
-            let k = match names.iter().position(|n| *n == l.identity) {
-                Some(k) => k,
-                None => {
-                    names.push(l.identity.clone());
-                    names.len() - 1
-                }
-            };
-            out.push((k as u32, l.path));
+            let k = *index.entry(l.identity.clone()).or_insert_with(|| {
+                names.push(l.identity.clone());
+                names.len() as u32 - 1
+            });
+            out.push((k, l.path));
         }
     }
     Ok((names, out))
