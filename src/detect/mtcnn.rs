@@ -436,7 +436,6 @@ fn nms_indices(cands: &[Cand], threshold: f32, use_min: bool) -> Vec<usize> {
 mod tests {
     use super::*;
 
-
     fn cand(b: [f32; 4], score: f32) -> Cand {
         Cand { b, score, reg: [0.0; 4] }
     }
