@@ -351,18 +351,11 @@ impl Halvings {
         if self.levels.len() <= j {
             self.levels.resize_with(j + 1, || (0, 0, Vec::new()));
         }
-        let (done, rest) = self.levels.split_at_mut(j);
-        let (sw, sh, data) = match j {
-            0 => (img.width as usize, img.height as usize, &img.data[..]),
-            _ => {
-                let (w, h, d) = &done[j - 1];
-                (*w, *h, &d[..])
-            }
-        };
-        let (w, h, out) = &mut rest[0];
-        (*w, *h) = (sw / 2, sh / 2);
-        out.resize(*w * *h * 3, 0);
-        area_resize(data, sw, sh, out, *w, *h)?;
+        let mut out = std::mem::take(&mut self.levels[j].2);
+        let (sw, sh, data) = self.source(img, j);
+        out.resize((sw / 2) * (sh / 2) * 3, 0);
+        area_resize(data, sw, sh, &mut out, sw / 2, sh / 2)?;
+        self.levels[j] = (sw / 2, sh / 2, out);
         self.made = j + 1;
         Ok(())
     }
