@@ -64,6 +64,9 @@ pub struct RunReport {
     pub frames_processed: u64,
     pub frames_per_s: f64,
     pub frames_per_s_per_camera: f64,
+    /// Processed frames/s of the least and the most served camera: how evenly load was shed.
+    pub slowest_camera_fps: f64,
+    pub fastest_camera_fps: f64,
     pub faces_detected: u64,
     pub faces_per_s: f64,
     pub embeddings: u64,
@@ -368,6 +371,21 @@ pub fn run(base: &Config, opts: &BenchOptions, mut progress: impl FnMut(&RunRepo
     Ok(reports)
 }
 
+/// Processed frames/s of the least and of the most served of the run's cameras (`bench1` ..
+/// `benchN`; a camera that processed nothing counts, with 0).
+fn camera_spread(b: &Snapshot, a: &Snapshot, n: usize, wall: f64) -> (f64, f64) {
+    let rates: Vec<f64> = (1..=n)
+        .map(|i| {
+            let id = format!("bench{i}");
+            let label = Some(("camera", id.as_str()));
+            (a.counter(telemetry::FRAMES_PROCESSED, label) - b.counter(telemetry::FRAMES_PROCESSED, label)).max(0.0) / wall
+        })
+        .collect();
+    let min = rates.iter().copied().reduce(f64::min).unwrap_or(0.0);
+    let max = rates.iter().copied().reduce(f64::max).unwrap_or(0.0);
+    (min, max)
+}
+
 fn report(mode: Mode, n: usize, b: &Snapshot, a: &Snapshot, wall: f64, cpu: f64) -> RunReport {
     let d = |name: &str, label: Option<(&str, &str)>| (a.counter(name, label) - b.counter(name, label)).max(0.0) as u64;
     let received = d(telemetry::FRAMES_RECEIVED, None);
@@ -384,6 +402,7 @@ fn report(mode: Mode, n: usize, b: &Snapshot, a: &Snapshot, wall: f64, cpu: f64)
     // frames a camera at its cap would have had processed.
     let shed = d(telemetry::FRAMES_DROPPED, Some(("reason", "shed")));
     let drop_pct = if received + shed > 0 { (queue_full + shed) as f64 * 100.0 / (received + shed) as f64 } else { 0.0 };
+    let (slowest_camera_fps, fastest_camera_fps) = camera_spread(b, a, n, wall);
     RunReport {
         mode,
         cameras: n,
@@ -392,6 +411,8 @@ fn report(mode: Mode, n: usize, b: &Snapshot, a: &Snapshot, wall: f64, cpu: f64)
         frames_processed: processed,
         frames_per_s: processed as f64 / wall,
         frames_per_s_per_camera: processed as f64 / wall / n as f64,
+        slowest_camera_fps,
+        fastest_camera_fps,
         faces_detected: faces,
         faces_per_s: faces as f64 / wall,
         embeddings,
@@ -491,15 +512,17 @@ impl UiClient {
 /// The terminal table.
 pub fn table(reports: &[RunReport]) -> String {
     let mut s = String::from(
-        "mode        cams  frames/s  per-cam  faces/s  drop%   det p50/p99 ms   emb p50/p99 ms   event p50/p99 ms  batch  CPU%  CPU ms/frame  RSS MB  holds\n",
+        "mode        cams  frames/s  per-cam  cam min/max  faces/s  drop%   det p50/p99 ms   emb p50/p99 ms   event p50/p99 ms  batch  CPU%  CPU ms/frame  RSS MB  holds\n",
     );
     for r in reports {
         s.push_str(&format!(
-            "{:<11} {:>4}  {:>8.1}  {:>7.1}  {:>7.1}  {:>5.2}  {:>6.1}/{:<7.1}  {:>6.1}/{:<7.1}  {:>7.1}/{:<7.1}  {:>5.2}  {:>5.0}  {:>12.2}  {:>6.0}  {}\n",
+            "{:<11} {:>4}  {:>8.1}  {:>7.1}  {:>5.1}/{:<5.1}  {:>7.1}  {:>5.2}  {:>6.1}/{:<7.1}  {:>6.1}/{:<7.1}  {:>7.1}/{:<7.1}  {:>5.2}  {:>5.0}  {:>12.2}  {:>6.0}  {}\n",
             if r.ui_client { "capacity+ui".to_string() } else { format!("{:?}", r.mode).to_lowercase() },
             r.cameras,
             r.frames_per_s,
             r.frames_per_s_per_camera,
+            r.slowest_camera_fps,
+            r.fastest_camera_fps,
             r.faces_per_s,
             r.drop_pct,
             r.capture_to_detect.p50_ms,
@@ -554,6 +577,18 @@ mod tests {
         assert!((quantile(&b, 10, 0.5) - 0.01).abs() < 1e-12);
         assert!((quantile(&b, 10, 0.75) - 0.015).abs() < 1e-12);
         assert_eq!(quantile(&b, 0, 0.5), 0.0);
+    }
+
+    #[test]
+    fn camera_spread_counts_only_this_runs_cameras_and_a_starved_one() {
+        let sample = |cam: &str, v: f64| (telemetry::FRAMES_PROCESSED.to_string(), vec![("camera".to_string(), cam.to_string())], v);
+        let before = Snapshot { counters: vec![sample("bench1", 100.0), sample("bench2", 50.0), sample("bench3", 7.0), sample("other", 0.0)], hists: Vec::new() };
+        // bench3 processed nothing in the window; `other` (an earlier run's camera) is not counted.
+        let after = Snapshot { counters: vec![sample("bench1", 140.0), sample("bench2", 70.0), sample("bench3", 7.0), sample("other", 999.0)], hists: Vec::new() };
+        assert_eq!(camera_spread(&before, &after, 3, 4.0), (0.0, 10.0));
+        assert_eq!(camera_spread(&before, &after, 2, 4.0), (5.0, 10.0));
+        // A camera that appeared only after the first snapshot counts from zero.
+        assert_eq!(camera_spread(&Snapshot::default(), &after, 1, 10.0), (14.0, 14.0));
     }
 
     #[test]

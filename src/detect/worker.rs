@@ -3,7 +3,7 @@
 //! every `full_every`-th frame of a camera and only refine the known faces between.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,12 +45,18 @@ pub struct CameraInput {
     /// Workers detecting one of this camera's frames now. A second worker taking the camera's
     /// next frame would mostly wait for the first one's result (`known_since`) with its core idle.
     busy: AtomicUsize,
+    /// When a worker last took a frame of this camera, as a number from `SERVICE` (0: never).
+    served: AtomicU64,
 }
+
+/// Numbers the takes of every camera's frames in order: the camera served longest ago has the
+/// smallest number.
+static SERVICE: AtomicU64 = AtomicU64::new(1);
 
 impl CameraInput {
     /// The input of one camera; `phase` staggers the cameras' full detections.
     pub fn new(camera: Arc<str>, rx: Receiver<FrameMsg>, phase: u64) -> Self {
-        Self { camera, rx, next_ticket: Mutex::new(0), recent: Mutex::new(Recent::default()), recent_changed: Condvar::new(), phase, priority: false, busy: AtomicUsize::new(0) }
+        Self { camera, rx, next_ticket: Mutex::new(0), recent: Mutex::new(Recent::default()), recent_changed: Condvar::new(), phase, priority: false, busy: AtomicUsize::new(0), served: AtomicU64::new(0) }
     }
 
     /// Marks the camera as served first (gates: a crowded monitoring setup never delays the door).
@@ -64,6 +70,7 @@ impl CameraInput {
         let mut next = self.next_ticket.lock().unwrap_or_else(|p| p.into_inner());
         match self.rx.try_recv() {
             Ok(msg) => {
+                self.served.store(SERVICE.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
                 let t = *next;
                 *next += 1;
                 Ok(Some((msg, t)))
@@ -112,42 +119,36 @@ struct Recent {
     boxes: Vec<BBox>,
 }
 
-/// Among the live cameras, one with a frame waiting and no worker on it, at random; None when
-/// there is none (then the worker waits for any camera's frame).
-fn pick_free(inputs: &[CameraInput], alive: &[usize], rng: &mut u64) -> Option<usize> {
-    let free: Vec<usize> = (0..alive.len()).filter(|&k| inputs[alive[k]].busy.load(Ordering::Relaxed) == 0 && !inputs[alive[k]].rx.is_empty()).collect();
-    if free.is_empty() {
-        return None;
-    }
-    // xorshift64: fairness needs no more than an even spread.
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 7;
-    *rng ^= *rng << 17;
-    Some(free[(*rng % free.len() as u64) as usize])
+/// Among the live cameras with a frame waiting and no worker on it, the one served longest ago
+/// (the cameras take turns: past capacity each gets the same share of the detectors); None when
+/// there is none (then the worker waits for any camera's frame). Its position in `alive`.
+fn pick_free(inputs: &[CameraInput], alive: &[usize]) -> Option<usize> {
+    (0..alive.len())
+        .filter(|&k| inputs[alive[k]].busy.load(Ordering::Relaxed) == 0 && !inputs[alive[k]].rx.is_empty())
+        .min_by_key(|&k| inputs[alive[k]].served.load(Ordering::Relaxed))
 }
 
-/// One detection worker: takes frames from every camera's queue (random among the ready ones, so
-/// no camera starves the others; first among those no other worker is on), runs the full cascade
+/// One detection worker: takes frames from every camera's queue (the camera served longest ago
+/// among those with a frame waiting and no other worker on them, so no camera starves the others), runs the full cascade
 /// or refines known faces, and hands each result on, numbered by its place in its camera's queue.
 pub fn detect_worker(det: &mut Mtcnn, inputs: &[CameraInput], mut out: impl Outlet<Detection>, min_faces: &HashMap<Arc<str>, f32>) {
     let m = metrics();
     let default_min = det.config().min_face;
     let every = u64::from(det.config().full_every.max(1));
     let mut alive: Vec<usize> = (0..inputs.len()).collect();
-    let mut rng = (std::ptr::from_ref(det) as u64) | 1;
     while !alive.is_empty() {
         // Priority cameras (gates) with a frame waiting go first.
         let urgent = alive.iter().position(|&i| inputs[i].priority && !inputs[i].rx.is_empty());
         let k = match urgent {
             Some(k) => k,
-            // A camera with a frame waiting that no other worker is on, at random.
-            None if let Some(k) = pick_free(inputs, &alive, &mut rng) => k,
+            // The camera served longest ago among those with a frame waiting and no worker on it.
+            None if let Some(k) = pick_free(inputs, &alive) => k,
             None => {
                 let mut sel = Select::new();
                 for &i in &alive {
                     sel.recv(&inputs[i].rx);
                 }
-                // Ready among the cameras is picked at random: no camera starves the others.
+                // Nothing waiting: the first camera whose frame arrives (ties at random).
                 sel.ready()
             }
         };
@@ -211,7 +212,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_free_worker_takes_a_waiting_camera_that_no_other_worker_is_on() {
+    fn a_free_worker_takes_the_waiting_camera_served_longest_ago_that_no_other_worker_is_on() {
         let (txs, inputs): (Vec<_>, Vec<_>) = (0..3)
             .map(|i| {
                 let (tx, rx) = crossbeam_channel::bounded(2);
@@ -219,26 +220,38 @@ mod tests {
             })
             .unzip();
         let alive = vec![0, 1, 2];
-        let mut rng = 12345u64;
-        assert_eq!(pick_free(&inputs, &alive, &mut rng), None, "no frame waiting anywhere");
-        for tx in &txs {
-            tx.try_send(FrameMsg::End { camera: "x".into() }).unwrap();
-        }
+        assert_eq!(pick_free(&inputs, &alive), None, "no frame waiting anywhere");
+        let fill = |k: usize| {
+            while txs[k].try_send(FrameMsg::End { camera: "x".into() }).is_ok() {}
+        };
+        (0..3).for_each(fill);
         // Cameras 0 and 2 have workers on them: only camera 1 may be picked.
         inputs[0].busy.fetch_add(1, Ordering::Relaxed);
         inputs[2].busy.fetch_add(1, Ordering::Relaxed);
-        for _ in 0..20 {
-            assert_eq!(pick_free(&inputs, &alive, &mut rng), Some(1));
+        for _ in 0..5 {
+            assert_eq!(pick_free(&inputs, &alive), Some(1));
         }
-        // Every camera free: each is picked now and then.
         inputs[0].busy.fetch_sub(1, Ordering::Relaxed);
         inputs[2].busy.fetch_sub(1, Ordering::Relaxed);
-        let mut seen = [0; 3];
-        for _ in 0..300 {
-            seen[pick_free(&inputs, &alive, &mut rng).unwrap()] += 1;
+        // Every camera free and always with a frame waiting: they take turns, each served once
+        // before any is served again.
+        let mut order = Vec::new();
+        for _ in 0..30 {
+            let k = pick_free(&inputs, &alive).unwrap();
+            assert!(matches!(inputs[alive[k]].take(), Ok(Some(_))));
+            fill(alive[k]);
+            order.push(alive[k]);
         }
-        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+        for turn in order.chunks(3) {
+            let mut t = turn.to_vec();
+            t.sort();
+            assert_eq!(t, [0, 1, 2], "{order:?}");
+        }
+        // A camera with nothing waiting is skipped, whatever its turn.
+        while inputs[order[30 - 3]].take().is_ok_and(|m| m.is_some()) {}
+        assert_ne!(pick_free(&inputs, &alive).map(|k| alive[k]), Some(order[30 - 3]));
         // The index returned is into `alive`, not into `inputs`.
-        assert_eq!(pick_free(&inputs, &[2], &mut rng), Some(0));
+        (0..3).for_each(fill);
+        assert_eq!(pick_free(&inputs, &[2]), Some(0));
     }
 }

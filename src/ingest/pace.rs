@@ -6,8 +6,9 @@
 //! a frame that finds it empty (they keep up) narrows it by 3%, down to the configured cap. The
 //! interval applies where the fps cap does, before the RGB conversion, so a shed frame costs its
 //! decoding only. Every camera follows the same rule against the same shared detectors, which
-//! take frames at random among the cameras that have one waiting, so the cameras settle at about
-//! equal rates: load is shed fairly, and the machine keeps doing its most work.
+//! serve the cameras that have a frame waiting in turn (the one served longest ago first), so the
+//! cameras settle at about equal rates: load is shed fairly, and the machine keeps doing its most
+//! work.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
