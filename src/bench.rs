@@ -371,14 +371,18 @@ pub fn run(base: &Config, opts: &BenchOptions, mut progress: impl FnMut(&RunRepo
     Ok(reports)
 }
 
+/// How much a counter (summed over the label sets that match `label`) grew from `b` to `a`.
+fn grew(b: &Snapshot, a: &Snapshot, name: &str, label: Option<(&str, &str)>) -> f64 {
+    (a.counter(name, label) - b.counter(name, label)).max(0.0)
+}
+
 /// Processed frames/s of the least and of the most served of the run's cameras (`bench1` ..
 /// `benchN`; a camera that processed nothing counts, with 0).
 fn camera_spread(b: &Snapshot, a: &Snapshot, n: usize, wall: f64) -> (f64, f64) {
     let rates: Vec<f64> = (1..=n)
         .map(|i| {
             let id = format!("bench{i}");
-            let label = Some(("camera", id.as_str()));
-            (a.counter(telemetry::FRAMES_PROCESSED, label) - b.counter(telemetry::FRAMES_PROCESSED, label)).max(0.0) / wall
+            grew(b, a, telemetry::FRAMES_PROCESSED, Some(("camera", id.as_str()))) / wall
         })
         .collect();
     let min = rates.iter().copied().reduce(f64::min).unwrap_or(0.0);
@@ -387,7 +391,7 @@ fn camera_spread(b: &Snapshot, a: &Snapshot, n: usize, wall: f64) -> (f64, f64) 
 }
 
 fn report(mode: Mode, n: usize, b: &Snapshot, a: &Snapshot, wall: f64, cpu: f64) -> RunReport {
-    let d = |name: &str, label: Option<(&str, &str)>| (a.counter(name, label) - b.counter(name, label)).max(0.0) as u64;
+    let d = |name: &str, label: Option<(&str, &str)>| grew(b, a, name, label) as u64;
     let received = d(telemetry::FRAMES_RECEIVED, None);
     let processed = d(telemetry::FRAMES_PROCESSED, None);
     let queue_full = d(telemetry::FRAMES_DROPPED, Some(("reason", "queue_full")));
@@ -397,7 +401,7 @@ fn report(mode: Mode, n: usize, b: &Snapshot, a: &Snapshot, wall: f64, cpu: f64)
     let capture_to_event = percentiles(b, a, telemetry::CAPTURE_TO_EVENT_SECONDS);
     let stage_sum = |stage: &str| delta_hist(b, a, &format!("{}:{stage}", telemetry::STAGE_SECONDS)).1;
     let embeddings = d(telemetry::EMBEDDINGS, None);
-    let stage_cpu = |stage: &str| (a.counter(telemetry::STAGE_CPU_SECONDS, Some(("stage", stage))) - b.counter(telemetry::STAGE_CPU_SECONDS, Some(("stage", stage)))).max(0.0);
+    let stage_cpu = |stage: &str| grew(b, a, telemetry::STAGE_CPU_SECONDS, Some(("stage", stage)));
     // Frames shed before conversion (the camera paced itself down) count as drops too: both are
     // frames a camera at its cap would have had processed.
     let shed = d(telemetry::FRAMES_DROPPED, Some(("reason", "shed")));

@@ -36,13 +36,20 @@ fn metric(base: &str, name: &str) -> Option<f64> {
     text.lines().filter(|l| l.starts_with(name) && (l.len() == name.len() || l[name.len()..].starts_with([' ', '{']))).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).reduce(|a, b| a + b)
 }
 
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+fn wait_for<T>(what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> T {
+    wait_for_or(what, limit, f, String::new)
+}
+
+/// `wait_for`, adding what `explain` says to the message when it times out.
+fn wait_for_or<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>, explain: impl FnOnce() -> String) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        if start.elapsed() >= limit {
+            panic!("timed out after {limit:?} waiting for {what}\n{}", explain());
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -252,32 +259,30 @@ fn two_nodes_share_cameras_gallery_and_events_and_survive_failures() {
     let enrolled = Instant::now();
     wait_for("node B's index to hold the person enrolled on A", Duration::from_secs(10), || (metric(&b, "facestream_gallery_persons").unwrap_or(0.0) > before).then_some(()));
     eprintln!("gallery change A -> B: searchable on B {:.0} ms after A's enrollment answered ({:.0} ms after the request)", enrolled.elapsed().as_secs_f64() * 1000.0, t0.elapsed().as_secs_f64() * 1000.0);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let on_b = loop {
-        let evs = events(&root.join("node-b.jsonl"));
-        // Node B's own event file: whichever camera B runs by now (a lease renewed late may have
-        // moved one between the nodes since the split was read).
-        if let Some(e) = evs.iter().find(|e| e["event"] == "identified" && e["person"] == "MEDS_S029") {
-            break e.clone();
-        }
-        if Instant::now() > deadline {
-            let mut kinds: Vec<String> = evs.iter().map(|e| format!("{} {} {}", e["camera"], e["event"], e["person"])).collect();
+    // Node B's own event file: whichever camera B runs by now (a lease renewed late may have moved
+    // one between the nodes since the split was read).
+    let b_events = || events(&root.join("node-b.jsonl"));
+    let on_b = wait_for_or(
+        "node B to identify MEDS_S029 on one of its cameras",
+        Duration::from_secs(90),
+        || b_events().into_iter().find(|e| e["event"] == "identified" && e["person"] == "MEDS_S029"),
+        || {
+            let mut kinds: Vec<String> = b_events().iter().map(|e| format!("{} {} {}", e["camera"], e["event"], e["person"])).collect();
             kinds.sort();
             kinds.dedup();
             let b_log = log("b.log");
             let tail: Vec<&str> = b_log.lines().rev().take(40).collect();
-            panic!(
-                "timed out after 90 s waiting for node B to identify MEDS_S029 on one of its cameras (at the split: {:?})\nB's cameras: {:?}\nB's events (camera, kind, person): {kinds:?}\nB's metrics: persons {:?}, frames processed {:?}, faces {:?}\nB's log, last lines first:\n{}",
+            format!(
+                "B's cameras at the split: {:?}, now: {:?}\nB's events (camera, kind, person): {kinds:?}\nB's metrics: persons {:?}, frames processed {:?}, faces {:?}\nB's log, last lines first:\n{}",
                 split.1,
                 camera_states(&b),
                 metric(&b, "facestream_gallery_persons"),
                 metric(&b, "facestream_frames_processed_total"),
                 metric(&b, "facestream_faces_detected_total"),
                 tail.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+            )
+        },
+    );
     eprintln!("identified on node B: {on_b}");
     assert_eq!(on_b["node"], "node-b");
     // Each node's /metrics names the node, and the dashboard's per-node row reads what they expose.

@@ -129,8 +129,9 @@ fn pick_free(inputs: &[CameraInput], alive: &[usize]) -> Option<usize> {
 }
 
 /// One detection worker: takes frames from every camera's queue (the camera served longest ago
-/// among those with a frame waiting and no other worker on them, so no camera starves the others), runs the full cascade
-/// or refines known faces, and hands each result on, numbered by its place in its camera's queue.
+/// among those with a frame waiting and no other worker on them, so no camera starves the
+/// others), runs the full cascade or refines known faces, and hands each result on, numbered by
+/// its place in its camera's queue.
 pub fn detect_worker(det: &mut Mtcnn, inputs: &[CameraInput], mut out: impl Outlet<Detection>, min_faces: &HashMap<Arc<str>, f32>) {
     let m = metrics();
     let default_min = det.config().min_face;
